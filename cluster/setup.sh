@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Set up fs_ray in ./.venv: Python venv, the pinned torch, then fs_ray and its dependencies.
+#   cluster/setup.sh          runtime only
+#   cluster/setup.sh --dev    + pytest and ruff
+# torch is installed first and pinned (FS_RAY_TORCH, default torch==2.13.0) so that no other
+# package's range pulls a different build. On a CUDA machine the same pin resolves to the CUDA
+# wheel from PyPI; to force the CPU wheel elsewhere set
+#   FS_RAY_TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Re-running is cheap: nothing is reinstalled while pyproject.toml is unchanged.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+python="${FS_RAY_BASE_PYTHON:-python3}"
+torch_spec="${FS_RAY_TORCH:-torch==2.13.0}"
+venv="$here/.venv"
+
+if [ ! -x "$venv/bin/python" ]; then
+  echo "== creating $venv with $($python --version 2>&1)"
+  "$python" -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+fi
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+
+stamp="$venv/.fs_ray-setup"
+want="$(cat pyproject.toml | sha256sum | cut -c1-16) $torch_spec $extras"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "== fs_ray environment up to date ($venv)"
+  exit 0
+fi
+
+echo "== installing $torch_spec"
+if [ -n "${FS_RAY_TORCH_INDEX:-}" ]; then
+  "${pip[@]}" "$torch_spec" --index-url "$FS_RAY_TORCH_INDEX"
+else
+  "${pip[@]}" "$torch_spec"
+fi
+echo "== installing fs_ray$extras (ray, deepspeed, transformers, ...)"
+"${pip[@]}" -e ".$extras"
+"$venv/bin/python" -c "import fs_ray, ray, torch, deepspeed, transformers; print(f'== ready: fs_ray {fs_ray.__version__}, ray {ray.__version__}, torch {torch.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}')" 2>&1 | grep '^== ready'
+echo "$want" > "$stamp"

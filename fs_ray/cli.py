@@ -1,0 +1,83 @@
+"""The shared command line of every front end: ``--config FILE``, ``--set a.b=c``, ``--print-config``.
+
+A front end is one function taking a validated config::
+
+    def main(cfg: PrepareConfig) -> int: ...
+    if __name__ == "__main__":
+        sys.exit(run_cli(PrepareConfig, main, __doc__))
+
+``--help`` lists every field of the config with its type, default and description, so the
+config model is the documentation. A bad config exits with status 2 before ``main`` runs,
+i.e. before any Ray resource is requested.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from fs_ray.config import ConfigError, Section, describe_fields, load_config, to_yaml
+
+C = TypeVar("C", bound=Section)
+
+EXIT_BAD_CONFIG = 2
+
+
+def fields_help(model: type[Section], width: int = 100) -> str:
+    lines = [f"config fields ({model.__name__}; set in YAML or with --set dotted.name=value):", ""]
+    for name, type_name, default, description in describe_fields(model):
+        if type_name == "section":
+            lines.append(f"  [{name}]  {description}")
+            continue
+        head = f"  {name}: {type_name}"
+        if default:
+            head += f" = {default}"
+        lines.append(head)
+        if description:
+            lines.extend(textwrap.wrap(description, width=width, initial_indent="      ", subsequent_indent="      "))
+    return "\n".join(lines)
+
+
+def build_parser(model: type[Section], description: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog=fields_help(model),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config; fields not given take their defaults.")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Override one field by dotted name (repeatable), e.g. --set pack.seq_len=256.",
+    )
+    parser.add_argument("--print-config", action="store_true", help="Print the resolved config and exit.")
+    return parser
+
+
+def parse_config(model: type[C], argv: Sequence[str] | None, description: str | None = None, prog: str | None = None) -> C | None:
+    """Parse argv into a validated config; print and return None for --print-config."""
+    parser = build_parser(model, description, prog)
+    args = parser.parse_args(argv)
+    cfg = load_config(model, args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return None
+    return cfg
+
+
+def run_cli(model: type[C], main: Callable[[C], int | None], description: str | None = None, argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg = parse_config(model, argv, description)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if cfg is None:
+        return 0
+    return int(main(cfg) or 0)

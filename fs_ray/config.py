@@ -1,0 +1,212 @@
+"""Typed run configs: YAML on disk, dotted overrides on the command line, validated up front.
+
+Every kind of run (prepare, pretrain, finetune, tune, serve) is one pydantic model built from
+:class:`Section`. Loading goes YAML -> dict -> ``--set a.b=c`` overrides -> validation, and any
+unknown or ill-typed field raises :class:`ConfigError` naming the dotted field, before a single
+Ray resource is requested. The resolved config is written next to every run's outputs
+(:func:`write_resolved`) so that a run can be rebuilt from its folder alone.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+__all__ = [
+    "ConfigError",
+    "Section",
+    "apply_overrides",
+    "describe_fields",
+    "load_config",
+    "parse_override",
+    "write_resolved",
+]
+
+RESOLVED_CONFIG_NAME = "config.yaml"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. The message names every offending field."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"trainer.lr=3e-4"`` -> (["trainer", "lr"], "3e-4" parsed as YAML).
+
+    The value is parsed as YAML so lists (``[a, b]``), booleans and null work; pydantic then
+    coerces strings such as ``3e-4`` to the field's type.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form dotted.key=value")
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override {text!r} has an empty part in its key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set`` overrides to a raw config dict (in place, returned for chaining)."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _format_errors(model: type[BaseModel], err: ValidationError, source: str) -> str:
+    lines = [f"invalid {model.__name__} config ({source}):"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field"
+            close = _close_names(model, [str(p) for p in e["loc"]])
+            if close:
+                msg += f" (did you mean {', '.join(close)}?)"
+        else:
+            msg = e["msg"]
+            if "input" in e and e["type"] != "missing":
+                msg += f" (got {e['input']!r})"
+        lines.append(f"  {field}: {msg}")
+    return "\n".join(lines)
+
+
+def _close_names(model: type[BaseModel], loc: list[str]) -> list[str]:
+    import difflib
+
+    node: Any = model
+    for part in loc[:-1]:
+        fields = getattr(node, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        node = _section_type(fields[part].annotation)
+        if node is None:
+            return []
+    fields = getattr(node, "model_fields", {})
+    return difflib.get_close_matches(loc[-1], list(fields), n=3, cutoff=0.6)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    """The Section class inside an annotation such as ``Foo`` or ``Foo | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def validate(model: type[M], data: dict[str, Any], source: str = "<dict>") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(model, err, source)) from None
+
+
+def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
+    """Load ``path`` (YAML) into ``model``, apply dotted overrides, validate.
+
+    Raises :class:`ConfigError` naming the file and every bad field.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping at the top level, not {type(loaded).__name__}")
+        data = loaded
+    if overrides:
+        apply_overrides(data, overrides)
+        source += " + --set " + " ".join(overrides)
+    return validate(model, data, source)
+
+
+def to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def write_resolved(cfg: BaseModel, directory: str | Path, name: str = RESOLVED_CONFIG_NAME) -> Path:
+    """Write the fully resolved config (defaults filled in) into ``directory``; return its path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / name
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(f"# resolved {type(cfg).__name__}; rerun with --config {name}\n" + to_yaml(cfg), encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "{" + ",".join(str(a) for a in typing.get_args(annotation)) + "}"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(annotation))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(annotation))
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, description) for every leaf field, sections expanded."""
+    rows: list[tuple[str, str, str, str]] = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        section = _section_type(field.annotation)
+        if section is not None and typing.get_origin(field.annotation) is None:
+            if field.description:
+                rows.append((dotted, "section", "", field.description))
+            rows.extend(describe_fields(section, prefix=dotted + "."))
+            continue
+        if field.is_required():
+            default = "(required)"
+        else:
+            value = field.get_default(call_default_factory=True)
+            default = yaml.safe_dump(
+                value.model_dump(mode="json") if isinstance(value, BaseModel) else value,
+                default_flow_style=True,
+                allow_unicode=True,
+            ).strip()
+            default = default.removesuffix("...").strip()
+        rows.append((dotted, _type_name(field.annotation), default, field.description or ""))
+    return rows

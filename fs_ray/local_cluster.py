@@ -1,0 +1,301 @@
+"""A private Ray cluster on this machine: the embedded default every README example submits to.
+
+    python -m fs_ray.local_cluster up      # head + dashboard/job server, token auth on
+    python -m fs_ray.local_cluster status
+    python -m fs_ray.local_cluster down    # stops only the processes of this cluster
+
+``cluster/local.sh`` wraps this. The cluster keeps everything (Ray's temp dir, logs, the state
+file) under its own folder, ``$FS_RAY_CLUSTER_DIR`` or ``/tmp/fs_ray/<name>``, and uses its own
+ports, so it can run beside any other Ray on the machine; ``down`` never calls ``ray stop``
+(which would kill every Ray process of the user) but ends exactly the process trees whose
+command lines point at this cluster's folder or GCS port.
+
+Token authentication stays on (Ray's default since 2.52): the token lives in ``~/.ray/auth_token``
+and is created on first ``up``; clients need ``RAY_AUTH_MODE=token`` (``status`` prints the line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+DEFAULT_ROOT = Path(os.environ.get("FS_RAY_CLUSTER_ROOT", "/tmp/fs_ray"))
+STATE_FILE = "cluster.json"
+
+
+@dataclass
+class LocalCluster:
+    """Where and on which ports a local cluster lives. Defaults avoid Ray's own (6379, 8265)."""
+
+    name: str = "local"
+    root: Path = field(default_factory=lambda: DEFAULT_ROOT)
+    gcs_port: int = 6390
+    dashboard_port: int = 8266
+    port_base: int = 23000  # client server, raylet, object manager, agents; workers at base+100..base+999
+    num_cpus: int | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        override = os.environ.get("FS_RAY_CLUSTER_DIR") if self.name == "local" else None
+        return Path(override) if override else self.root / self.name
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.dir / "ray"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def state_path(self) -> Path:
+        return self.dir / STATE_FILE
+
+    def start_command(self) -> list[str]:
+        ray = str(Path(sys.executable).parent / "ray")
+        b = self.port_base
+        cmd = [
+            ray, "start", "--head",
+            f"--port={self.gcs_port}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={b + 1}",
+            f"--node-manager-port={b + 10}",
+            f"--object-manager-port={b + 11}",
+            f"--metrics-export-port={b + 12}",
+            f"--runtime-env-agent-port={b + 13}",
+            f"--dashboard-agent-grpc-port={b + 14}",
+            f"--dashboard-agent-listen-port={b + 15}",
+            f"--min-worker-port={b + 100}",
+            f"--max-worker-port={b + 999}",
+            f"--temp-dir={self.temp_dir}",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        if self.num_cpus is not None:
+            cmd.append(f"--num-cpus={self.num_cpus}")
+        if self.resources:
+            cmd.append(f"--resources={json.dumps(self.resources)}")
+        return cmd
+
+
+def client_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for Ray processes and clients of a token-authenticated cluster.
+
+    The venv's bin goes first on PATH so that job entrypoints (``python jobs/...``) run with the
+    interpreter that has fs_ray installed.
+    """
+    env = dict(os.environ if base is None else base)
+    env["RAY_AUTH_MODE"] = "token"
+    bin_dir = str(Path(sys.executable).parent)
+    if not env.get("PATH", "").startswith(bin_dir + os.pathsep):
+        env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def ensure_token() -> Path:
+    """Create ``~/.ray/auth_token`` through Ray's own CLI if it does not exist yet."""
+    token = Path.home() / ".ray" / "auth_token"
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or token.exists()):
+        ray = str(Path(sys.executable).parent / "ray")
+        subprocess.run([ray, "get-auth-token", "--generate"], env=client_env(), check=True, capture_output=True)
+    return token
+
+
+def _auth_header() -> dict[str, str]:
+    token = os.environ.get("RAY_AUTH_TOKEN")
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+        token = path.read_text().strip() if path.exists() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def job_server_ready(cluster: LocalCluster, timeout: float = 2.0) -> bool:
+    """True once the dashboard's job API answers an authenticated request."""
+    req = urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/", headers=_auth_header())
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def cluster_processes(cluster: LocalCluster) -> list[psutil.Process]:
+    """Every live process of this cluster: those naming its folder or GCS port, and their children."""
+    marker_dir = str(cluster.temp_dir)
+    marker_gcs = f":{cluster.gcs_port}"
+    state_pids: set[int] = set()
+    if cluster.state_path.exists():
+        try:
+            state_pids = set(json.loads(cluster.state_path.read_text()).get("pids", []))
+        except (OSError, ValueError):
+            state_pids = set()
+    roots: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except (psutil.Error, TypeError):
+            continue
+        if proc.pid == os.getpid():
+            continue
+        mine = marker_dir in cmdline or (marker_gcs in cmdline and "ray" in cmdline)
+        if mine or (proc.pid in state_pids and "ray" in cmdline):
+            roots[proc.pid] = proc
+    found: dict[int, psutil.Process] = dict(roots)
+    for proc in roots.values():
+        try:
+            for child in proc.children(recursive=True):
+                found[child.pid] = child
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def up(cluster: LocalCluster, wait_s: float = 90.0, quiet: bool = False) -> dict:
+    """Start the head node (idempotent: an already running cluster is reported, not restarted)."""
+    say = (lambda *_: None) if quiet else print
+    if cluster_processes(cluster) and job_server_ready(cluster):
+        say(f"fs_ray local cluster '{cluster.name}' is already up.")
+        state = json.loads(cluster.state_path.read_text()) if cluster.state_path.exists() else {}
+        if not quiet:
+            print_connection(cluster)
+        return state
+    if cluster_processes(cluster):
+        say(f"cleaning up a half-started cluster '{cluster.name}' first")
+        down(cluster, quiet=True)
+    cluster.dir.mkdir(parents=True, exist_ok=True)
+    ensure_token()
+    log = cluster.dir / "ray-start.log"
+    say(f"starting Ray head '{cluster.name}' (temp dir {cluster.temp_dir}) ...")
+    with log.open("w") as out:
+        proc = subprocess.run(cluster.start_command(), env=client_env(), stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace")[-3000:]
+        down(cluster, quiet=True)
+        raise RuntimeError(f"ray start failed (exit {proc.returncode}); log {log}:\n{tail}")
+    deadline = time.monotonic() + wait_s
+    while not job_server_ready(cluster):
+        if time.monotonic() > deadline:
+            down(cluster, quiet=True)
+            raise RuntimeError(f"the job server at {cluster.dashboard_url} did not answer within {wait_s:.0f}s; see {log}")
+        time.sleep(0.5)
+    state = {
+        **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cluster).items()},
+        "dashboard_url": cluster.dashboard_url,
+        "gcs_address": f"127.0.0.1:{cluster.gcs_port}",
+        "temp_dir": str(cluster.temp_dir),
+        "pids": sorted(p.pid for p in cluster_processes(cluster)),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    cluster.state_path.write_text(json.dumps(state, indent=2))
+    if not quiet:
+        print_connection(cluster)
+    return state
+
+
+def down(cluster: LocalCluster, timeout_s: float = 15.0, quiet: bool = False) -> int:
+    """Stop this cluster's processes (SIGTERM, then SIGKILL). Returns how many were stopped."""
+    say = (lambda *_: None) if quiet else print
+    stopped: set[int] = set()
+    start = time.monotonic()
+    # Raylets spawn workers while dying, so look again until nothing of ours is left;
+    # SIGTERM first, SIGKILL once half the grace period is gone.
+    while procs := cluster_processes(cluster):
+        sig = signal.SIGTERM if time.monotonic() - start < timeout_s / 2 else signal.SIGKILL
+        for proc in procs:
+            try:
+                proc.send_signal(sig)
+                stopped.add(proc.pid)
+            except psutil.NoSuchProcess:
+                continue
+        psutil.wait_procs(procs, timeout=2.0)
+        if time.monotonic() - start > 2 * timeout_s:
+            left = ", ".join(str(p.pid) for p in cluster_processes(cluster))
+            raise RuntimeError(f"could not stop processes {left} of cluster '{cluster.name}'")
+    if cluster.state_path.exists():
+        cluster.state_path.unlink()
+    say(f"fs_ray local cluster '{cluster.name}': stopped {len(stopped)} processes" if stopped else f"fs_ray local cluster '{cluster.name}' was not running")
+    return len(stopped)
+
+
+def status(cluster: LocalCluster) -> bool:
+    procs = cluster_processes(cluster)
+    ready = bool(procs) and job_server_ready(cluster)
+    if not procs:
+        print(f"fs_ray local cluster '{cluster.name}': down")
+        return False
+    print(f"fs_ray local cluster '{cluster.name}': {'up' if ready else 'starting or broken'} ({len(procs)} processes)")
+    if ready:
+        print_connection(cluster)
+        ray = str(Path(sys.executable).parent / "ray")
+        subprocess.run([ray, "status", f"--address=127.0.0.1:{cluster.gcs_port}"], env=client_env(), check=False)
+    return ready
+
+
+def print_connection(cluster: LocalCluster) -> None:
+    print(
+        f"""
+  dashboard / job server : {cluster.dashboard_url}
+  GCS address            : 127.0.0.1:{cluster.gcs_port}
+  logs                   : {cluster.temp_dir}/session_latest/logs
+
+  Submit a job from this checkout (token auth is on):
+    export RAY_ADDRESS={cluster.dashboard_url} RAY_AUTH_MODE=token
+    ray job submit --working-dir . -- python jobs/prepare.py --config jobs/configs/prepare_demo.yaml
+    ray job list
+  Stop it:  cluster/local.sh down
+"""
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="cluster/local.sh",
+        description="Start, inspect or stop fs_ray's private local Ray cluster (head node with the job server, "
+        "token auth on, own temp dir and ports).",
+    )
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--name", default="local", help="Cluster name; its files live in /tmp/fs_ray/<name>.")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs the head offers (default: all).")
+    parser.add_argument("--gcs-port", type=int, default=int(os.environ.get("FS_RAY_GCS_PORT", 6390)))
+    parser.add_argument("--dashboard-port", type=int, default=int(os.environ.get("FS_RAY_DASHBOARD_PORT", 8266)))
+    parser.add_argument("--port-base", type=int, default=int(os.environ.get("FS_RAY_PORT_BASE", 23000)))
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(
+        name=args.name,
+        gcs_port=args.gcs_port,
+        dashboard_port=args.dashboard_port,
+        port_base=args.port_base,
+        num_cpus=args.num_cpus,
+    )
+    if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
+        print(f"error: no 'ray' next to {sys.executable}; run cluster/setup.sh first", file=sys.stderr)
+        return 1
+    try:
+        if args.action == "up":
+            up(cluster)
+            return 0
+        if args.action == "down":
+            down(cluster)
+            return 0
+        return 0 if status(cluster) else 3
+    except RuntimeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""One typed config per kind of run: prepare, pretrain, finetune, tune, serve.
+
+Each YAML under ``jobs/configs/``, ``tune/configs/`` and ``serve/configs/`` starts with
+``kind: <name>`` and validates against the model registered for that kind in :data:`CONFIG_KINDS`.
+Field descriptions are the ``--help`` text of the front ends, so write them for users.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fs_ray.config import ConfigError, Section, load_config
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sections shared by several kinds of run
+# ----------------------------------------------------------------------------------------------
+class RunSection(Section):
+    name: str = Field("fs_ray", description="Run name; outputs go to <storage_path>/<name>. The same name resumes.")
+    storage_path: str = Field(
+        "runs",
+        description="Root folder of run outputs: a local path (relative to the job's working dir) or "
+        "an object-store URI (s3://bucket/prefix, gs://bucket/prefix).",
+    )
+    seed: int = Field(42, description="Seed for shuffling, masking and initialisation.")
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_folder_name(cls, v: str) -> str:
+        if not v or "/" in v or v in {".", ".."}:
+            raise ValueError("must be a plain folder name (no '/')")
+        return v
+
+    def output_dir(self) -> str:
+        return f"{self.storage_path.rstrip('/')}/{self.name}"
+
+
+class ScalingSection(Section):
+    num_workers: PositiveInt = Field(1, description="Ray Train workers (one process per GPU on a GPU cluster).")
+    use_gpu: bool = Field(False, description="Give each worker one GPU (NCCL); False trains on CPU with gloo.")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="Extra custom resources per worker, e.g. {accelerator_type:A100: 0.001}."
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="How workers are placed on nodes; SPREAD puts one worker per node where it can."
+    )
+
+
+class TokenizerSection(Section):
+    source: str = Field(
+        "bert-chinese",
+        description="Builtin vocab name (bert-chinese, bert-chinese-sentinels), a WordPiece vocab.txt, a "
+        "tokenizer.json, or a Hugging Face model folder holding either.",
+    )
+    lowercase: bool = Field(True, description="Lowercase Latin text (WordPiece vocab.txt only; as bert-base-chinese).")
+
+
+# ----------------------------------------------------------------------------------------------
+# prepare: raw corpora -> tokenized parquet shards
+# ----------------------------------------------------------------------------------------------
+class PrepareInput(Section):
+    paths: list[str] = Field(
+        default_factory=lambda: ["asset://corpus/clue_corpus_small_sample.txt"],
+        description="Files, directories or globs (local paths or URIs such as s3://...); .gz is read "
+        "transparently. asset://... names a file shipped with fs_ray.",
+    )
+    format: Literal["auto", "text", "jsonl"] = Field(
+        "auto", description="text: one document per line; jsonl: one JSON object per line; auto: by extension."
+    )
+    text_field: str = Field("text", description="jsonl: key of the document text; dotted for nested keys (a.b).")
+
+    @field_validator("paths")
+    @classmethod
+    def _not_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one input path is required")
+        return v
+
+
+class CleanSection(Section):
+    normalize: Literal["NFC", "NFKC", "none"] = Field(
+        "NFC", description="Unicode normalisation; NFKC also folds full-width letters/digits/punctuation."
+    )
+    strip_control: bool = Field(True, description="Remove control and zero-width characters, collapse whitespace runs.")
+    min_chars: NonNegInt = Field(10, description="Drop documents shorter than this after cleaning (reason: too_short).")
+    dedup: bool = Field(False, description="Drop exact duplicate documents (after cleaning) across the whole corpus.")
+
+
+class PackSection(Section):
+    mode: Literal["fixed", "document"] = Field(
+        "fixed",
+        description="fixed: concatenate documents and cut sequences of exactly seq_len (no padding); "
+        "document: one document per sequence, long ones split.",
+    )
+    seq_len: int = Field(512, ge=8, le=65536, description="Tokens per training sequence, special tokens included.")
+    word_boundaries: bool = Field(True, description="Store jieba word-start flags beside token ids (whole-word masking).")
+
+
+class PrepareOutput(Section):
+    dir: str = Field("data/prepared/demo", description="Output folder (local or URI) for parquet shards + manifest.json.")
+    shard_max_mb: float = Field(128.0, gt=0, description="Upper bound on one shard's size (uncompressed token bytes).")
+    overwrite: bool = Field(False, description="Replace an existing prepared folder instead of refusing.")
+
+
+class PrepareConfig(Section):
+    """Turn raw Chinese text into tokenized, packed, sharded parquet that pretraining streams."""
+
+    kind: Literal["prepare"] = "prepare"
+    input: PrepareInput = Field(default_factory=PrepareInput, description="What to read.")
+    clean: CleanSection = Field(default_factory=CleanSection, description="How documents are cleaned and filtered.")
+    tokenizer: TokenizerSection = Field(default_factory=TokenizerSection, description="Vocabulary.")
+    pack: PackSection = Field(default_factory=PackSection, description="How tokens become training sequences.")
+    output: PrepareOutput = Field(default_factory=PrepareOutput, description="Where shards go.")
+    max_bad_fraction: Fraction = Field(
+        0.05, description="Stop the job when more than this fraction of records is malformed (bad JSON, bad UTF-8, ...)."
+    )
+    batch_docs: PositiveInt = Field(2048, description="Documents per Ray Data batch; packing is done within a batch.")
+    concurrency: PositiveInt | None = Field(None, description="Max parallel tasks per stage; default: all CPUs.")
+    progress_every_s: float = Field(5.0, gt=0, description="Seconds between progress lines.")
+
+
+# ----------------------------------------------------------------------------------------------
+# pretrain / finetune: Ray Train + DeepSpeed
+# ----------------------------------------------------------------------------------------------
+class ModelSection(Section):
+    family: Literal["erlangshen", "wenzhong", "yuyuan", "randeng", "zhouwenwang"] = Field(
+        "erlangshen", description="Model family: erlangshen (BERT MLM), wenzhong/yuyuan (GPT2), randeng (T5), ..."
+    )
+    preset: str = Field("tiny", description="Named size preset (tiny, base, large, 1.3b); ignored with from_pretrained.")
+    from_pretrained: str | None = Field(None, description="Local Hugging Face folder to continue from.")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="Hugging Face config fields to override.")
+
+
+class OptimSection(Section):
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    warmup_steps: NonNegInt = Field(0, description="Linear warmup steps.")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    max_steps: PositiveInt = Field(100, description="Optimizer steps in total.")
+    micro_batch_size: PositiveInt = Field(8, description="Sequences per worker per micro-step.")
+    grad_accum: PositiveInt = Field(1, description="Micro-steps per optimizer step.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip; 0 disables.")
+
+
+class DeepSpeedSection(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Keep optimizer state in CPU memory (ZeRO-Offload).")
+    offload_params: bool = Field(False, description="Keep parameters in CPU memory (ZeRO-3 only).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPU, fp32 on CPU (bf16 on CPU is ~50x slower)."
+    )
+    activation_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+    @model_validator(mode="after")
+    def _offload_params_needs_zero3(self) -> DeepSpeedSection:
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage: 3")
+        return self
+
+
+class CheckpointSection(Section):
+    every_n_steps: PositiveInt = Field(50, description="Save a checkpoint every N optimizer steps (and at the end).")
+    keep_last: PositiveInt = Field(2, description="Checkpoints kept; older ones are deleted.")
+    max_failures: int = Field(3, ge=-1, description="Worker-group restarts from the last checkpoint; -1 = forever.")
+
+
+class PretrainData(Section):
+    prepared_dir: str = Field("data/prepared/demo", description="Folder written by jobs/prepare.py (has manifest.json).")
+
+
+class PretrainConfig(Section):
+    """Continue or start pretraining a Fengshenbang model on prepared shards."""
+
+    kind: Literal["pretrain"] = "pretrain"
+    run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
+    model: ModelSection = Field(default_factory=ModelSection, description="Architecture and starting weights.")
+    data: PretrainData = Field(default_factory=PretrainData, description="Prepared corpus.")
+    optim: OptimSection = Field(default_factory=OptimSection, description="Optimizer and schedule.")
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="DeepSpeed engine options.")
+    scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers.")
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="Checkpointing and restarts.")
+
+
+class TaskSection(Section):
+    name: str = Field("eprstmt", description="Task name (FewCLUE: eprstmt, tnews, iflytek, csldcp, ocnli, bustm, csl, chid, cluewsc; ...).")
+    data_dir: str = Field("asset://fewclue/eprstmt", description="Folder with the task's train/dev/test files.")
+    splits: list[str] = Field(
+        default_factory=lambda: ["0", "1", "2", "3", "4", "few_all"],
+        description="FewCLUE splits to run: train_<k> is trained, dev_<k> evaluated.",
+    )
+
+
+class FinetuneConfig(Section):
+    """Fine-tune and evaluate a model on a labelled task."""
+
+    kind: Literal["finetune"] = "finetune"
+    run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
+    model: ModelSection = Field(default_factory=ModelSection, description="Starting checkpoint or preset.")
+    task: TaskSection = Field(default_factory=TaskSection, description="Which labelled task.")
+    method: Literal["head", "unimc", "tfidf"] = Field("head", description="Task head, UniMC multiple choice, or the TF-IDF baseline.")
+    optim: OptimSection = Field(default_factory=OptimSection, description="Optimizer and schedule.")
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="DeepSpeed engine options.")
+    scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers.")
+
+
+# ----------------------------------------------------------------------------------------------
+# tune: Ray Tune sweeps over finetune runs
+# ----------------------------------------------------------------------------------------------
+class SearchParam(Section):
+    type: Literal["choice", "grid", "uniform", "loguniform", "randint"] = Field(description="Distribution.")
+    values: list[Any] | None = Field(None, description="choice / grid: the candidates.")
+    low: float | None = Field(None, description="uniform / loguniform / randint: lower bound.")
+    high: float | None = Field(None, description="uniform / loguniform / randint: upper bound.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchParam:
+        if self.type in ("choice", "grid"):
+            if not self.values:
+                raise ValueError(f"{self.type} needs a non-empty 'values' list")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} needs 'low' and 'high'")
+            if self.low >= self.high:
+                raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError("loguniform needs low > 0")
+        return self
+
+
+class TuneConfig(Section):
+    """Sweep fine-tuning hyperparameters with Ray Tune."""
+
+    kind: Literal["tune"] = "tune"
+    run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
+    base: FinetuneConfig = Field(default_factory=FinetuneConfig, description="The finetune run each trial starts from.")
+    tasks: list[str] = Field(default_factory=lambda: ["eprstmt"], description="Tasks to sweep.")
+    search_space: dict[str, SearchParam] = Field(
+        default_factory=dict, description="Dotted finetune field -> distribution, e.g. optim.lr: {type: loguniform, ...}."
+    )
+    search_alg: Literal["random", "grid", "optuna"] = Field("random", description="Search algorithm.")
+    num_samples: PositiveInt = Field(8, description="Trials (per grid point for grid search).")
+    metric: str = Field("dev_accuracy_mean", description="Metric to maximise.")
+    asha: bool = Field(True, description="Stop weak trials early with ASHA.")
+    max_concurrent_trials: PositiveInt | None = Field(None, description="Default: derived from cluster resources.")
+
+
+# ----------------------------------------------------------------------------------------------
+# serve: Ray Serve endpoints
+# ----------------------------------------------------------------------------------------------
+class ServeConfig(Section):
+    """Serve exported Hugging Face folders over HTTP and gRPC."""
+
+    kind: Literal["serve"] = "serve"
+    model_dir: str = Field("runs/fs_ray/export", description="Exported Hugging Face folder to serve.")
+    task: Literal["fill-mask", "text-classification", "text-generation", "zero-shot", "ner"] = Field(
+        "fill-mask", description="Which endpoint to run."
+    )
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    http_port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    grpc_port: int = Field(9000, ge=1, le=65535, description="gRPC port.")
+    max_batch_size: PositiveInt = Field(16, description="@serve.batch max batch size.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch wait for a batch to fill.")
+    max_input_chars: PositiveInt = Field(512, description="Longer inputs are rejected with 413.")
+    min_replicas: NonNegInt = Field(1, description="Autoscaling lower bound.")
+    max_replicas: PositiveInt = Field(2, description="Autoscaling upper bound.")
+    num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs per replica.")
+    num_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs per replica.")
+    auth_token_env: str = Field("FS_RAY_SERVE_TOKEN", description="Env var holding a bearer token required on inference routes when set.")
+
+
+CONFIG_KINDS: dict[str, type[Section]] = {
+    "prepare": PrepareConfig,
+    "pretrain": PretrainConfig,
+    "finetune": FinetuneConfig,
+    "tune": TuneConfig,
+    "serve": ServeConfig,
+}
+
+
+def load_any(path: str | Path, overrides: list[str] | None = None) -> Section:
+    """Load a shipped YAML by its ``kind:`` field."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read {path}: {err}") from None
+    kind = raw.get("kind") if isinstance(raw, dict) else None
+    if kind not in CONFIG_KINDS:
+        raise ConfigError(f"{path}: 'kind' must be one of {sorted(CONFIG_KINDS)}, got {kind!r}")
+    return load_config(CONFIG_KINDS[kind], path, overrides)

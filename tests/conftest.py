@@ -1,0 +1,50 @@
+"""Shared fixtures: a private in-process Ray cluster, and free ports for `ray start` clusters.
+
+Nothing here touches a Ray cluster that the tests did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Tests are clients of token-authenticated clusters that they start themselves.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_block(size: int = 1000) -> int:
+    """A base port such that base..base+size-1 look free (for a whole Ray node's ports)."""
+    for base in range(30000, 60000 - size, size):
+        ok = True
+        for port in (base + 1, base + 10, base + 11, base + 12, base + 13, base + 14, base + 15, base + 100):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port block")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One private local Ray instance for every test that needs Ray but not the job server."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    yield ray
+    ray.shutdown()

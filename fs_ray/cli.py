@@ -37,18 +37,24 @@ def fields_help(model: type[Section], width: int = 100) -> str:
             head += f" = {default}"
         lines.append(head)
         if description:
-            lines.extend(textwrap.wrap(description, width=width, initial_indent="      ", subsequent_indent="      "))
+            lines.extend(
+                textwrap.wrap(description, width=width, initial_indent="      ", subsequent_indent="      ")
+            )
     return "\n".join(lines)
 
 
-def build_parser(model: type[Section], description: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    model: type[Section], description: str | None, prog: str | None = None
+) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
         epilog=fields_help(model),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", "-c", metavar="FILE", help="YAML config; fields not given take their defaults.")
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML config; fields not given take their defaults."
+    )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -61,7 +67,9 @@ def build_parser(model: type[Section], description: str | None, prog: str | None
     return parser
 
 
-def parse_config(model: type[C], argv: Sequence[str] | None, description: str | None = None, prog: str | None = None) -> C | None:
+def parse_config(
+    model: type[C], argv: Sequence[str] | None, description: str | None = None, prog: str | None = None
+) -> C | None:
     """Parse argv into a validated config; print and return None for --print-config."""
     parser = build_parser(model, description, prog)
     args = parser.parse_args(argv)
@@ -72,7 +80,12 @@ def parse_config(model: type[C], argv: Sequence[str] | None, description: str | 
     return cfg
 
 
-def run_cli(model: type[C], main: Callable[[C], int | None], description: str | None = None, argv: Sequence[str] | None = None) -> int:
+def run_cli(
+    model: type[C],
+    main: Callable[[C], int | None],
+    description: str | None = None,
+    argv: Sequence[str] | None = None,
+) -> int:
     try:
         cfg = parse_config(model, argv, description)
     except ConfigError as err:

@@ -168,7 +168,9 @@ def write_resolved(cfg: BaseModel, directory: str | Path, name: str = RESOLVED_C
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(f"# resolved {type(cfg).__name__}; rerun with --config {name}\n" + to_yaml(cfg), encoding="utf-8")
+    tmp.write_text(
+        f"# resolved {type(cfg).__name__}; rerun with --config {name}\n" + to_yaml(cfg), encoding="utf-8"
+    )
     tmp.replace(target)
     return target
 

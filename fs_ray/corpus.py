@@ -205,7 +205,14 @@ def read_chunk(chunk: dict[str, Any], text_field: str) -> tuple[list[str], Count
         lines, nbytes = _chunk_lines(chunk)
     except (OSError, EOFError, zlib.error) as err:  # corrupt .gz, vanished file, ...
         counts["unreadable_file"] += 1
-        bad.append({"file": chunk["path"], "where": f"byte {chunk['start']}", "reason": f"unreadable_file ({err})", "order": (chunk["chunk"], -1)})
+        bad.append(
+            {
+                "file": chunk["path"],
+                "where": f"byte {chunk['start']}",
+                "reason": f"unreadable_file ({err})",
+                "order": (chunk["chunk"], -1),
+            }
+        )
         return texts, counts, bad
     exact_lines = chunk["start"] == 0
     for i, raw in enumerate(lines):
@@ -215,7 +222,9 @@ def read_chunk(chunk: dict[str, Any], text_field: str) -> tuple[list[str], Count
         if reason is not None:
             counts[reason] += 1
             if reason in BAD_REASONS and len(bad) < FIRST_BAD_KEPT:
-                bad.append({"file": chunk["path"], "where": where, "reason": reason, "order": (chunk["chunk"], i)})
+                bad.append(
+                    {"file": chunk["path"], "where": where, "reason": reason, "order": (chunk["chunk"], i)}
+                )
             continue
         texts.append(text)
     counts["bytes"] += nbytes
@@ -261,7 +270,9 @@ def clean_batch(texts: list[str], cfg: CleanSection) -> tuple[list[str], list[in
 
 
 def text_hash(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,7 +289,11 @@ class Packed:
 
 
 def pack_documents(
-    docs: list[np.ndarray], starts: list[np.ndarray] | None, pack: PackSection, ids: SpecialIds, dtype: np.dtype
+    docs: list[np.ndarray],
+    starts: list[np.ndarray] | None,
+    pack: PackSection,
+    ids: SpecialIds,
+    dtype: np.dtype,
 ) -> Packed:
     """Turn per-document token ids into training sequences of at most ``seq_len`` tokens.
 
@@ -308,7 +323,12 @@ def pack_documents(
     out_flags: list[np.ndarray] | None = None if starts is None else []
     if pack.mode == "fixed":
         if docs_t:
-            cut(np.concatenate(docs_t), None if starts_t is None else np.concatenate(starts_t), out_ids, out_flags)
+            cut(
+                np.concatenate(docs_t),
+                None if starts_t is None else np.concatenate(starts_t),
+                out_ids,
+                out_flags,
+            )
     else:
         for i, d in enumerate(docs_t):
             cut(d, None if starts_t is None else starts_t[i], out_ids, out_flags)
@@ -441,14 +461,21 @@ def _process_chunks(batch: dict[str, np.ndarray], cfg: PrepareConfig, stats, ded
         counts["chars"] += sum(len(t) for t in kept)
         if ray.get(stats.add.remote(dict(counts), bad)):
             snap = ray.get(stats.snapshot.remote())
-            raise TooManyBadRecords(bad_fraction_message(snap["counts"], snap["first_bad"], cfg.max_bad_fraction))
+            raise TooManyBadRecords(
+                bad_fraction_message(snap["counts"], snap["first_bad"], cfg.max_bad_fraction)
+            )
     if not tables:
-        return packed_table(Packed([], [] if cfg.pack.word_boundaries else None), _tokenizer(cfg.tokenizer.source, cfg.tokenizer.lowercase)[2])
+        return packed_table(
+            Packed([], [] if cfg.pack.word_boundaries else None),
+            _tokenizer(cfg.tokenizer.source, cfg.tokenizer.lowercase)[2],
+        )
     return pa.concat_tables(tables)
 
 
 def rows_per_shard(cfg: PrepareConfig, dtype: np.dtype) -> int:
-    per_row = cfg.pack.seq_len * dtype.itemsize + (cfg.pack.seq_len // 8 + 1 if cfg.pack.word_boundaries else 0) + 4
+    per_row = (
+        cfg.pack.seq_len * dtype.itemsize + (cfg.pack.seq_len // 8 + 1 if cfg.pack.word_boundaries else 0) + 4
+    )
     rows = int(cfg.output.shard_max_mb * 1e6 // per_row)
     return max(ROW_GROUP_ROWS, rows // ROW_GROUP_ROWS * ROW_GROUP_ROWS)
 
@@ -489,7 +516,9 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
     if storage.exists(out) and (storage.is_dir(out) and storage.list_files(out)):
         if not cfg.output.overwrite:
             what = "a prepared corpus" if storage.exists(manifest_path) else "files (an unfinished run?)"
-            raise PrepareError(f"output.dir {out} already holds {what}; use --set output.overwrite=true to replace it")
+            raise PrepareError(
+                f"output.dir {out} already holds {what}; use --set output.overwrite=true to replace it"
+            )
         storage.remove_tree(out)
     tok, ids, dtype = _tokenizer(cfg.tokenizer.source, cfg.tokenizer.lowercase)  # fail early on a bad vocab
     files = expand_inputs(cfg.input.paths, cfg.input.format)
@@ -557,7 +586,9 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
     if bad_total / max(1, counts.get("records", 0)) > cfg.max_bad_fraction:
         raise TooManyBadRecords(bad_fraction_message(counts, snap["first_bad"], cfg.max_bad_fraction))
 
-    manifest = build_manifest(cfg, out, shards_dir, tok, ids, dtype, counts, snap["first_bad"], files, elapsed)
+    manifest = build_manifest(
+        cfg, out, shards_dir, tok, ids, dtype, counts, snap["first_bad"], files, elapsed
+    )
     storage.write_text(storage.join(out, "tokenizer.json"), tok.to_str())
 
     storage.write_text(storage.join(out, "config.yaml"), f"# resolved {type(cfg).__name__}\n" + to_yaml(cfg))
@@ -565,7 +596,9 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
     return manifest
 
 
-def build_manifest(cfg, out, shards_dir, tok, ids, dtype, counts, first_bad, files, elapsed) -> dict[str, Any]:
+def build_manifest(
+    cfg, out, shards_dir, tok, ids, dtype, counts, first_bad, files, elapsed
+) -> dict[str, Any]:
     fs, _ = storage.resolve(shards_dir)
     # Ray names files <dataset>_<task:06>-<n>.parquet; sort numbers as numbers to keep data order
     shard_files = sorted(
@@ -579,8 +612,19 @@ def build_manifest(cfg, out, shards_dir, tok, ids, dtype, counts, first_bad, fil
         pf = pq.ParquetFile(p, filesystem=fs)
         tokens = int(pq.read_table(p, columns=["n_tokens"], filesystem=fs)["n_tokens"].to_numpy().sum())
         groups = [pf.metadata.row_group(i).num_rows for i in range(pf.metadata.num_row_groups)]
-        rel = path[len(shards_dir.rstrip("/")) + 1 :] if path.startswith(shards_dir.rstrip("/")) else path.rsplit("/", 1)[-1]
-        shards.append({"path": f"{SHARDS_SUBDIR}/{rel}", "rows": pf.metadata.num_rows, "tokens": tokens, "row_groups": groups})
+        rel = (
+            path[len(shards_dir.rstrip("/")) + 1 :]
+            if path.startswith(shards_dir.rstrip("/"))
+            else path.rsplit("/", 1)[-1]
+        )
+        shards.append(
+            {
+                "path": f"{SHARDS_SUBDIR}/{rel}",
+                "rows": pf.metadata.num_rows,
+                "tokens": tokens,
+                "row_groups": groups,
+            }
+        )
         total_rows += pf.metadata.num_rows
         total_tokens += tokens
     dropped = {r: counts.get(r, 0) for r in (*CLEAN_REASONS,) if counts.get(r, 0)}

@@ -108,7 +108,9 @@ class PreparedCorpus:
             )
         shares = []
         for e in range(max(1, epochs)):
-            per_rank = [sum(u.rows for u in self.rank_units(e, seed, r, world_size)) for r in range(world_size)]
+            per_rank = [
+                sum(u.rows for u in self.rank_units(e, seed, r, world_size)) for r in range(world_size)
+            ]
             shares.append(min(per_rank))
         rows = min(shares) // batch_size * batch_size
         if rows == 0:
@@ -118,7 +120,14 @@ class PreparedCorpus:
         return rows
 
     def windows(
-        self, rank: int, world_size: int, batch_size: int, seed: int, epochs: int, start: Position, window_units: int
+        self,
+        rank: int,
+        world_size: int,
+        batch_size: int,
+        seed: int,
+        epochs: int,
+        start: Position,
+        window_units: int,
     ) -> list[dict[str, Any]]:
         """The read tasks of one rank from ``start`` to the end of ``epochs``, in stream order."""
         per_epoch_rows = self.rows_per_rank(batch_size, world_size, seed, epochs)

@@ -111,7 +111,9 @@ def ensure_token() -> Path:
     token = Path.home() / ".ray" / "auth_token"
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or token.exists()):
         ray = str(Path(sys.executable).parent / "ray")
-        subprocess.run([ray, "get-auth-token", "--generate"], env=client_env(), check=True, capture_output=True)
+        subprocess.run(
+            [ray, "get-auth-token", "--generate"], env=client_env(), check=True, capture_output=True
+        )
     return token
 
 
@@ -176,6 +178,15 @@ def up(cluster: LocalCluster, wait_s: float = 90.0, quiet: bool = False) -> dict
     if cluster_processes(cluster):
         say(f"cleaning up a half-started cluster '{cluster.name}' first")
         down(cluster, quiet=True)
+    # Ray puts unix sockets at <temp_dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store
+    longest = len(str(cluster.temp_dir)) + len(
+        "/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
+    )
+    if longest > 107:
+        raise RuntimeError(
+            f"cluster folder {cluster.dir} is too long for Ray's unix sockets ({longest} > 107 bytes); "
+            "use a shorter FS_RAY_CLUSTER_DIR or FS_RAY_CLUSTER_ROOT"
+        )
     cluster.dir.mkdir(parents=True, exist_ok=True)
     ensure_token()
     log = cluster.dir / "ray-start.log"
@@ -190,7 +201,9 @@ def up(cluster: LocalCluster, wait_s: float = 90.0, quiet: bool = False) -> dict
     while not job_server_ready(cluster):
         if time.monotonic() > deadline:
             down(cluster, quiet=True)
-            raise RuntimeError(f"the job server at {cluster.dashboard_url} did not answer within {wait_s:.0f}s; see {log}")
+            raise RuntimeError(
+                f"the job server at {cluster.dashboard_url} did not answer within {wait_s:.0f}s; see {log}"
+            )
         time.sleep(0.5)
     state = {
         **{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cluster).items()},
@@ -227,7 +240,11 @@ def down(cluster: LocalCluster, timeout_s: float = 15.0, quiet: bool = False) ->
             raise RuntimeError(f"could not stop processes {left} of cluster '{cluster.name}'")
     if cluster.state_path.exists():
         cluster.state_path.unlink()
-    say(f"fs_ray local cluster '{cluster.name}': stopped {len(stopped)} processes" if stopped else f"fs_ray local cluster '{cluster.name}' was not running")
+    say(
+        f"fs_ray local cluster '{cluster.name}': stopped {len(stopped)} processes"
+        if stopped
+        else f"fs_ray local cluster '{cluster.name}' was not running"
+    )
     return len(stopped)
 
 
@@ -237,11 +254,15 @@ def status(cluster: LocalCluster) -> bool:
     if not procs:
         print(f"fs_ray local cluster '{cluster.name}': down")
         return False
-    print(f"fs_ray local cluster '{cluster.name}': {'up' if ready else 'starting or broken'} ({len(procs)} processes)")
+    print(
+        f"fs_ray local cluster '{cluster.name}': {'up' if ready else 'starting or broken'} ({len(procs)} processes)"
+    )
     if ready:
         print_connection(cluster)
         ray = str(Path(sys.executable).parent / "ray")
-        subprocess.run([ray, "status", f"--address=127.0.0.1:{cluster.gcs_port}"], env=client_env(), check=False)
+        subprocess.run(
+            [ray, "status", f"--address=127.0.0.1:{cluster.gcs_port}"], env=client_env(), check=False
+        )
     return ready
 
 
@@ -271,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="local", help="Cluster name; its files live in /tmp/fs_ray/<name>.")
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs the head offers (default: all).")
     parser.add_argument("--gcs-port", type=int, default=int(os.environ.get("FS_RAY_GCS_PORT", 6390)))
-    parser.add_argument("--dashboard-port", type=int, default=int(os.environ.get("FS_RAY_DASHBOARD_PORT", 8266)))
+    parser.add_argument(
+        "--dashboard-port", type=int, default=int(os.environ.get("FS_RAY_DASHBOARD_PORT", 8266))
+    )
     parser.add_argument("--port-base", type=int, default=int(os.environ.get("FS_RAY_PORT_BASE", 23000)))
     args = parser.parse_args(argv)
     cluster = LocalCluster(

@@ -23,7 +23,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # Sections shared by several kinds of run
 # ----------------------------------------------------------------------------------------------
 class RunSection(Section):
-    name: str = Field("fs_ray", description="Run name; outputs go to <storage_path>/<name>. The same name resumes.")
+    name: str = Field(
+        "fs_ray", description="Run name; outputs go to <storage_path>/<name>. The same name resumes."
+    )
     storage_path: str = Field(
         "runs",
         description="Root folder of run outputs: a local path (relative to the job's working dir) or "
@@ -43,11 +45,16 @@ class RunSection(Section):
 
 
 class ScalingSection(Section):
-    num_workers: PositiveInt = Field(1, description="Ray Train workers (one process per GPU on a GPU cluster).")
-    use_gpu: bool = Field(False, description="Give each worker one GPU (NCCL); False trains on CPU with gloo.")
+    num_workers: PositiveInt = Field(
+        1, description="Ray Train workers (one process per GPU on a GPU cluster)."
+    )
+    use_gpu: bool = Field(
+        False, description="Give each worker one GPU (NCCL); False trains on CPU with gloo."
+    )
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved for each worker.")
     resources_per_worker: dict[str, float] = Field(
-        default_factory=dict, description="Extra custom resources per worker, e.g. {accelerator_type:A100: 0.001}."
+        default_factory=dict,
+        description="Extra custom resources per worker, e.g. {accelerator_type:A100: 0.001}.",
     )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How workers are placed on nodes; SPREAD puts one worker per node where it can."
@@ -60,7 +67,9 @@ class TokenizerSection(Section):
         description="Builtin vocab name (bert-chinese, bert-chinese-sentinels), a WordPiece vocab.txt, a "
         "tokenizer.json, or a Hugging Face model folder holding either.",
     )
-    lowercase: bool = Field(True, description="Lowercase Latin text (WordPiece vocab.txt only; as bert-base-chinese).")
+    lowercase: bool = Field(
+        True, description="Lowercase Latin text (WordPiece vocab.txt only; as bert-base-chinese)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,9 +82,12 @@ class PrepareInput(Section):
         "transparently. asset://... names a file shipped with fs_ray.",
     )
     format: Literal["auto", "text", "jsonl"] = Field(
-        "auto", description="text: one document per line; jsonl: one JSON object per line; auto: by extension."
+        "auto",
+        description="text: one document per line; jsonl: one JSON object per line; auto: by extension.",
     )
-    text_field: str = Field("text", description="jsonl: key of the document text; dotted for nested keys (a.b).")
+    text_field: str = Field(
+        "text", description="jsonl: key of the document text; dotted for nested keys (a.b)."
+    )
 
     @field_validator("paths")
     @classmethod
@@ -89,9 +101,15 @@ class CleanSection(Section):
     normalize: Literal["NFC", "NFKC", "none"] = Field(
         "NFC", description="Unicode normalisation; NFKC also folds full-width letters/digits/punctuation."
     )
-    strip_control: bool = Field(True, description="Remove control and zero-width characters, collapse whitespace runs.")
-    min_chars: NonNegInt = Field(10, description="Drop documents shorter than this after cleaning (reason: too_short).")
-    dedup: bool = Field(False, description="Drop exact duplicate documents (after cleaning) across the whole corpus.")
+    strip_control: bool = Field(
+        True, description="Remove control and zero-width characters, collapse whitespace runs."
+    )
+    min_chars: NonNegInt = Field(
+        10, description="Drop documents shorter than this after cleaning (reason: too_short)."
+    )
+    dedup: bool = Field(
+        False, description="Drop exact duplicate documents (after cleaning) across the whole corpus."
+    )
 
 
 class PackSection(Section):
@@ -100,13 +118,21 @@ class PackSection(Section):
         description="fixed: concatenate documents and cut sequences of exactly seq_len (no padding); "
         "document: one document per sequence, long ones split.",
     )
-    seq_len: int = Field(512, ge=8, le=65536, description="Tokens per training sequence, special tokens included.")
-    word_boundaries: bool = Field(True, description="Store jieba word-start flags beside token ids (whole-word masking).")
+    seq_len: int = Field(
+        512, ge=8, le=65536, description="Tokens per training sequence, special tokens included."
+    )
+    word_boundaries: bool = Field(
+        True, description="Store jieba word-start flags beside token ids (whole-word masking)."
+    )
 
 
 class PrepareOutput(Section):
-    dir: str = Field("data/prepared/demo", description="Output folder (local or URI) for parquet shards + manifest.json.")
-    shard_max_mb: float = Field(128.0, gt=0, description="Upper bound on one shard's size (uncompressed token bytes).")
+    dir: str = Field(
+        "data/prepared/demo", description="Output folder (local or URI) for parquet shards + manifest.json."
+    )
+    shard_max_mb: float = Field(
+        128.0, gt=0, description="Upper bound on one shard's size (uncompressed token bytes)."
+    )
     overwrite: bool = Field(False, description="Replace an existing prepared folder instead of refusing.")
 
 
@@ -115,15 +141,24 @@ class PrepareConfig(Section):
 
     kind: Literal["prepare"] = "prepare"
     input: PrepareInput = Field(default_factory=PrepareInput, description="What to read.")
-    clean: CleanSection = Field(default_factory=CleanSection, description="How documents are cleaned and filtered.")
+    clean: CleanSection = Field(
+        default_factory=CleanSection, description="How documents are cleaned and filtered."
+    )
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection, description="Vocabulary.")
-    pack: PackSection = Field(default_factory=PackSection, description="How tokens become training sequences.")
+    pack: PackSection = Field(
+        default_factory=PackSection, description="How tokens become training sequences."
+    )
     output: PrepareOutput = Field(default_factory=PrepareOutput, description="Where shards go.")
     max_bad_fraction: Fraction = Field(
-        0.05, description="Stop the job when more than this fraction of records is malformed (bad JSON, bad UTF-8, ...)."
+        0.05,
+        description="Stop the job when more than this fraction of records is malformed (bad JSON, bad UTF-8, ...).",
     )
-    batch_docs: PositiveInt = Field(2048, description="Documents per Ray Data batch; packing is done within a batch.")
-    concurrency: PositiveInt | None = Field(None, description="Max parallel tasks per stage; default: all CPUs.")
+    batch_docs: PositiveInt = Field(
+        2048, description="Documents per Ray Data batch; packing is done within a batch."
+    )
+    concurrency: PositiveInt | None = Field(
+        None, description="Max parallel tasks per stage; default: all CPUs."
+    )
     progress_every_s: float = Field(5.0, gt=0, description="Seconds between progress lines.")
 
 
@@ -132,11 +167,16 @@ class PrepareConfig(Section):
 # ----------------------------------------------------------------------------------------------
 class ModelSection(Section):
     family: Literal["erlangshen", "wenzhong", "yuyuan", "randeng", "zhouwenwang"] = Field(
-        "erlangshen", description="Model family: erlangshen (BERT MLM), wenzhong/yuyuan (GPT2), randeng (T5), ..."
+        "erlangshen",
+        description="Model family: erlangshen (BERT MLM), wenzhong/yuyuan (GPT2), randeng (T5), ...",
     )
-    preset: str = Field("tiny", description="Named size preset (tiny, base, large, 1.3b); ignored with from_pretrained.")
+    preset: str = Field(
+        "tiny", description="Named size preset (tiny, base, large, 1.3b); ignored with from_pretrained."
+    )
     from_pretrained: str | None = Field(None, description="Local Hugging Face folder to continue from.")
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Hugging Face config fields to override.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Hugging Face config fields to override."
+    )
 
 
 class OptimSection(Section):
@@ -157,7 +197,9 @@ class DeepSpeedSection(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on GPU, fp32 on CPU (bf16 on CPU is ~50x slower)."
     )
-    activation_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
 
     @model_validator(mode="after")
     def _offload_params_needs_zero3(self) -> DeepSpeedSection:
@@ -167,13 +209,19 @@ class DeepSpeedSection(Section):
 
 
 class CheckpointSection(Section):
-    every_n_steps: PositiveInt = Field(50, description="Save a checkpoint every N optimizer steps (and at the end).")
+    every_n_steps: PositiveInt = Field(
+        50, description="Save a checkpoint every N optimizer steps (and at the end)."
+    )
     keep_last: PositiveInt = Field(2, description="Checkpoints kept; older ones are deleted.")
-    max_failures: int = Field(3, ge=-1, description="Worker-group restarts from the last checkpoint; -1 = forever.")
+    max_failures: int = Field(
+        3, ge=-1, description="Worker-group restarts from the last checkpoint; -1 = forever."
+    )
 
 
 class PretrainData(Section):
-    prepared_dir: str = Field("data/prepared/demo", description="Folder written by jobs/prepare.py (has manifest.json).")
+    prepared_dir: str = Field(
+        "data/prepared/demo", description="Folder written by jobs/prepare.py (has manifest.json)."
+    )
 
 
 class PretrainConfig(Section):
@@ -181,17 +229,28 @@ class PretrainConfig(Section):
 
     kind: Literal["pretrain"] = "pretrain"
     run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
-    model: ModelSection = Field(default_factory=ModelSection, description="Architecture and starting weights.")
+    model: ModelSection = Field(
+        default_factory=ModelSection, description="Architecture and starting weights."
+    )
     data: PretrainData = Field(default_factory=PretrainData, description="Prepared corpus.")
     optim: OptimSection = Field(default_factory=OptimSection, description="Optimizer and schedule.")
-    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="DeepSpeed engine options.")
+    deepspeed: DeepSpeedSection = Field(
+        default_factory=DeepSpeedSection, description="DeepSpeed engine options."
+    )
     scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers.")
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection, description="Checkpointing and restarts.")
+    checkpoint: CheckpointSection = Field(
+        default_factory=CheckpointSection, description="Checkpointing and restarts."
+    )
 
 
 class TaskSection(Section):
-    name: str = Field("eprstmt", description="Task name (FewCLUE: eprstmt, tnews, iflytek, csldcp, ocnli, bustm, csl, chid, cluewsc; ...).")
-    data_dir: str = Field("asset://fewclue/eprstmt", description="Folder with the task's train/dev/test files.")
+    name: str = Field(
+        "eprstmt",
+        description="Task name (FewCLUE: eprstmt, tnews, iflytek, csldcp, ocnli, bustm, csl, chid, cluewsc; ...).",
+    )
+    data_dir: str = Field(
+        "asset://fewclue/eprstmt", description="Folder with the task's train/dev/test files."
+    )
     splits: list[str] = Field(
         default_factory=lambda: ["0", "1", "2", "3", "4", "few_all"],
         description="FewCLUE splits to run: train_<k> is trained, dev_<k> evaluated.",
@@ -205,9 +264,13 @@ class FinetuneConfig(Section):
     run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
     model: ModelSection = Field(default_factory=ModelSection, description="Starting checkpoint or preset.")
     task: TaskSection = Field(default_factory=TaskSection, description="Which labelled task.")
-    method: Literal["head", "unimc", "tfidf"] = Field("head", description="Task head, UniMC multiple choice, or the TF-IDF baseline.")
+    method: Literal["head", "unimc", "tfidf"] = Field(
+        "head", description="Task head, UniMC multiple choice, or the TF-IDF baseline."
+    )
     optim: OptimSection = Field(default_factory=OptimSection, description="Optimizer and schedule.")
-    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection, description="DeepSpeed engine options.")
+    deepspeed: DeepSpeedSection = Field(
+        default_factory=DeepSpeedSection, description="DeepSpeed engine options."
+    )
     scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers.")
 
 
@@ -240,16 +303,21 @@ class TuneConfig(Section):
 
     kind: Literal["tune"] = "tune"
     run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
-    base: FinetuneConfig = Field(default_factory=FinetuneConfig, description="The finetune run each trial starts from.")
+    base: FinetuneConfig = Field(
+        default_factory=FinetuneConfig, description="The finetune run each trial starts from."
+    )
     tasks: list[str] = Field(default_factory=lambda: ["eprstmt"], description="Tasks to sweep.")
     search_space: dict[str, SearchParam] = Field(
-        default_factory=dict, description="Dotted finetune field -> distribution, e.g. optim.lr: {type: loguniform, ...}."
+        default_factory=dict,
+        description="Dotted finetune field -> distribution, e.g. optim.lr: {type: loguniform, ...}.",
     )
     search_alg: Literal["random", "grid", "optuna"] = Field("random", description="Search algorithm.")
     num_samples: PositiveInt = Field(8, description="Trials (per grid point for grid search).")
     metric: str = Field("dev_accuracy_mean", description="Metric to maximise.")
     asha: bool = Field(True, description="Stop weak trials early with ASHA.")
-    max_concurrent_trials: PositiveInt | None = Field(None, description="Default: derived from cluster resources.")
+    max_concurrent_trials: PositiveInt | None = Field(
+        None, description="Default: derived from cluster resources."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,7 +341,10 @@ class ServeConfig(Section):
     max_replicas: PositiveInt = Field(2, description="Autoscaling upper bound.")
     num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs per replica.")
     num_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs per replica.")
-    auth_token_env: str = Field("FS_RAY_SERVE_TOKEN", description="Env var holding a bearer token required on inference routes when set.")
+    auth_token_env: str = Field(
+        "FS_RAY_SERVE_TOKEN",
+        description="Env var holding a bearer token required on inference routes when set.",
+    )
 
 
 CONFIG_KINDS: dict[str, type[Section]] = {

@@ -103,7 +103,11 @@ def list_files(spec: str) -> list[FileEntry]:
             base = base.rsplit("/", 1)[0]
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
         return sorted(
-            (FileEntry(prefix + i.path, i.size) for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, inner)),
+            (
+                FileEntry(prefix + i.path, i.size)
+                for i in infos
+                if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, inner)
+            ),
             key=lambda e: e.path,
         )
     fs, inner = resolve(spec)

@@ -97,9 +97,7 @@ def special_ids(tok: Tokenizer) -> SpecialIds:
         return None
 
     vocab = tok.get_vocab(with_added_tokens=True)
-    sentinels = sorted(
-        (int(t[len("<extra_id_") : -1]), i) for t, i in vocab.items() if SENTINEL_RE.match(t)
-    )
+    sentinels = sorted((int(t[len("<extra_id_") : -1]), i) for t, i in vocab.items() if SENTINEL_RE.match(t))
     return SpecialIds(
         pad=first("[PAD]", "<pad>"),
         unk=first("[UNK]", "<unk>"),

@@ -24,9 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_port_block(size: int = 1000) -> int:
-    """A base port such that base..base+size-1 look free (for a whole Ray node's ports)."""
-    for base in range(30000, 60000 - size, size):
+def free_port_block(size: int = 1000, start: int = 30000) -> int:
+    """A base port at or above ``start`` whose Ray node ports look free (see LocalCluster.port_base)."""
+    for base in range(start, 60000 - size, size):
         ok = True
         for port in (base + 1, base + 10, base + 11, base + 12, base + 13, base + 14, base + 15, base + 100):
             with socket.socket() as s:
@@ -45,6 +45,8 @@ def ray_local():
     """One private local Ray instance for every test that needs Ray but not the job server."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False
+    )
     yield ray
     ray.shutdown()

@@ -149,7 +149,9 @@ def planted_corpus(tmp_path):
     src = tmp_path / "raw"
     src.mkdir()
     good = list(GOOD)
-    (src / "a.txt").write_text("\n".join(good[:100]) + "\n" + "短\n" + "\n", encoding="utf-8")  # too_short, empty
+    (src / "a.txt").write_text(
+        "\n".join(good[:100]) + "\n" + "短\n" + "\n", encoding="utf-8"
+    )  # too_short, empty
     rows = [json.dumps({"text": t}, ensure_ascii=False) for t in good[100:200]]
     rows.insert(3, '{"text": "unterminated')
     rows.insert(10, json.dumps({"title": "no text"}))
@@ -159,7 +161,9 @@ def planted_corpus(tmp_path):
         for t in good[200:]:
             f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
         f.write(json.dumps({"text": good[0]}, ensure_ascii=False) + "\n")  # duplicate of a.txt line 1
-    (src / "d.txt").write_bytes("好的文本在这里，后面是坏字节。".encode() * 3 + b"\n\xff\xfe\xfd broken\n\x00\x01\x02junk\n")
+    (src / "d.txt").write_bytes(
+        "好的文本在这里，后面是坏字节。".encode() * 3 + b"\n\xff\xfe\xfd broken\n\x00\x01\x02junk\n"
+    )
     (src / "empty.txt").write_bytes(b"")
     (src / "e.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00truncated gzip")
     cleaned = good[:100] + good[100:200] + good[200:] + ["好的文本在这里，后面是坏字节。" * 3]
@@ -198,7 +202,13 @@ def test_prepare_counts_bad_records_and_round_trips(ray_local, planted_corpus, t
     manifest = prepare(prep_cfg(src, out))
 
     # every drop counted by its reason; the job finished
-    assert manifest["bad"] == {"invalid_utf8": 1, "binary": 1, "malformed_json": 1, "missing_field": 1, "bad_field_type": 1}
+    assert manifest["bad"] == {
+        "invalid_utf8": 1,
+        "binary": 1,
+        "malformed_json": 1,
+        "missing_field": 1,
+        "bad_field_type": 1,
+    }
     assert manifest["dropped"] == {"empty": 1, "too_short": 1, "duplicate": 1}
     assert manifest["totals"]["empty_files"] == 1
     assert manifest["totals"]["unreadable_files"] == 1
@@ -265,7 +275,9 @@ def test_too_many_bad_records_stop_the_job_and_name_them(ray_local, tmp_path):
 def test_document_mode_and_no_word_boundaries(ray_local, planted_corpus, tmp_path):
     src, expected_docs = planted_corpus
     out = tmp_path / "doc"
-    manifest = prepare(prep_cfg(src, out, "pack.mode=document", "pack.word_boundaries=false", "pack.seq_len=512"))
+    manifest = prepare(
+        prep_cfg(src, out, "pack.mode=document", "pack.word_boundaries=false", "pack.seq_len=512")
+    )
     t = pq.read_table(out / manifest["shards"][0]["path"])
     assert "word_starts" not in t.column_names
     total_rows = sum(s["rows"] for s in manifest["shards"])

@@ -85,8 +85,10 @@ class PrepareInput(Section):
         "auto",
         description="text: one document per line; jsonl: one JSON object per line; auto: by extension.",
     )
-    text_field: str = Field(
-        "text", description="jsonl: key of the document text; dotted for nested keys (a.b)."
+    text_field: str | list[str] = Field(
+        "text",
+        description="jsonl: key of the document text, dotted for nested keys (a.b); a list means the first "
+        "key present in each record (mixing corpora such as [text, sentence, content]).",
     )
 
     @field_validator("paths")

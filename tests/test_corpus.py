@@ -51,6 +51,9 @@ def test_malformed_records_get_their_reason(raw, fmt, reason):
 
 def test_good_records_parse_including_nested_fields():
     assert parse_line('{"meta": {"body": "中文"}}'.encode(), "jsonl", "meta.body") == ("中文", None)
+    first_present = ["text", "sentence", "content"]
+    assert parse_line('{"content": "甲", "sentence": "乙"}'.encode(), "jsonl", first_present) == ("乙", None)
+    assert parse_line('{"title": "甲"}'.encode(), "jsonl", first_present) == (None, "missing_field")
     assert parse_line("\ufeff第一行\r".encode(), "text", "text") == ("第一行", None)
     # U+2028 is part of a record (iflytek has it), never a line break
     assert parse_line("甲\u2028乙".encode(), "text", "text") == ("甲\u2028乙", None)
@@ -283,3 +286,17 @@ def test_document_mode_and_no_word_boundaries(ray_local, planted_corpus, tmp_pat
     total_rows = sum(s["rows"] for s in manifest["shards"])
     long_docs = sum(1 for d in expected_docs if len(d) > 500)
     assert len(expected_docs) <= total_rows <= len(expected_docs) + 3 * long_docs
+
+
+def test_cleaning_patterns_match_the_unicode_database():
+    """The spelled-out control/format classes agree with unicodedata on the whole BMP."""
+    import sys
+    import unicodedata
+
+    from fs_ray.corpus import _TO_DROP, _TO_SPACE
+
+    for cp in range(min(sys.maxunicode, 0xFFFF) + 1):
+        c = chr(cp)
+        cat = unicodedata.category(c)
+        assert bool(_TO_SPACE.match(c)) == (cat in ("Cc", "Zl", "Zp")), hex(cp)
+        assert bool(_TO_DROP.match(c)) == (cat == "Cf"), hex(cp)

@@ -263,7 +263,7 @@ def collate(batch: dict[str, np.ndarray], seq_len: int, pad_id: int = 0) -> dict
     out = {
         "input_ids": torch.from_numpy(input_ids),
         "attention_mask": torch.from_numpy(attention),
-        "sample_id": torch.from_numpy(np.asarray(batch["sample_id"], dtype=np.int64)),
+        "sample_id": torch.from_numpy(np.array(batch["sample_id"], dtype=np.int64)),
     }
     if starts is not None:
         out["word_starts"] = torch.from_numpy(starts)

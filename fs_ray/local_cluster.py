@@ -136,26 +136,29 @@ def job_server_ready(cluster: LocalCluster, timeout: float = 2.0) -> bool:
 
 
 def cluster_processes(cluster: LocalCluster) -> list[psutil.Process]:
-    """Every live process of this cluster: those naming its folder or GCS port, and their children."""
+    """Every live process of this cluster, children included.
+
+    A process is ours when its command line names this cluster's temp dir (GCS, raylet,
+    dashboard, monitors). The Ray client server names only the GCS address, so processes naming
+    our GCS port count too, but only while a process of ours is alive: the port is then ours,
+    and a stranger's cluster that happens to use the same port is never touched.
+    """
     marker_dir = str(cluster.temp_dir)
     marker_gcs = f":{cluster.gcs_port}"
-    state_pids: set[int] = set()
-    if cluster.state_path.exists():
-        try:
-            state_pids = set(json.loads(cluster.state_path.read_text()).get("pids", []))
-        except (OSError, ValueError):
-            state_pids = set()
-    roots: dict[int, psutil.Process] = {}
-    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
+    by_dir: dict[int, psutil.Process] = {}
+    by_port: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmdline = " ".join(proc.info["cmdline"] or [])
         except (psutil.Error, TypeError):
             continue
         if proc.pid == os.getpid():
             continue
-        mine = marker_dir in cmdline or (marker_gcs in cmdline and "ray" in cmdline)
-        if mine or (proc.pid in state_pids and "ray" in cmdline):
-            roots[proc.pid] = proc
+        if marker_dir in cmdline:
+            by_dir[proc.pid] = proc
+        elif marker_gcs in cmdline and "ray" in cmdline:
+            by_port[proc.pid] = proc
+    roots = {**by_dir, **by_port} if by_dir else {}
     found: dict[int, psutil.Process] = dict(roots)
     for proc in roots.values():
         try:
@@ -166,9 +169,29 @@ def cluster_processes(cluster: LocalCluster) -> list[psutil.Process]:
     return list(found.values())
 
 
+def _port_in_use(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return True
+    return False
+
+
 def up(cluster: LocalCluster, wait_s: float = 90.0, quiet: bool = False) -> dict:
     """Start the head node (idempotent: an already running cluster is reported, not restarted)."""
     say = (lambda *_: None) if quiet else print
+    # Ray puts unix sockets at <temp_dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store
+    longest = len(str(cluster.temp_dir)) + len(
+        "/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
+    )
+    if longest > 107:
+        raise RuntimeError(
+            f"cluster folder {cluster.dir} is too long for Ray's unix sockets ({longest} > 107 bytes); "
+            "use a shorter FS_RAY_CLUSTER_DIR or FS_RAY_CLUSTER_ROOT"
+        )
     if cluster_processes(cluster) and job_server_ready(cluster):
         say(f"fs_ray local cluster '{cluster.name}' is already up.")
         state = json.loads(cluster.state_path.read_text()) if cluster.state_path.exists() else {}
@@ -178,14 +201,11 @@ def up(cluster: LocalCluster, wait_s: float = 90.0, quiet: bool = False) -> dict
     if cluster_processes(cluster):
         say(f"cleaning up a half-started cluster '{cluster.name}' first")
         down(cluster, quiet=True)
-    # Ray puts unix sockets at <temp_dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store
-    longest = len(str(cluster.temp_dir)) + len(
-        "/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store"
-    )
-    if longest > 107:
+    busy = [p for p in (cluster.gcs_port, cluster.dashboard_port) if _port_in_use(p)]
+    if busy:
         raise RuntimeError(
-            f"cluster folder {cluster.dir} is too long for Ray's unix sockets ({longest} > 107 bytes); "
-            "use a shorter FS_RAY_CLUSTER_DIR or FS_RAY_CLUSTER_ROOT"
+            f"port(s) {', '.join(map(str, busy))} already in use by another program (another Ray?); "
+            "pick others with --gcs-port/--dashboard-port or FS_RAY_GCS_PORT/FS_RAY_DASHBOARD_PORT"
         )
     cluster.dir.mkdir(parents=True, exist_ok=True)
     ensure_token()

@@ -62,8 +62,11 @@ def test_cross_field_rules_fail_early():
         load_config(TuneConfig, None, ["search_space={optim.lr: {type: loguniform, high: 0.1}}"])
 
 
-def test_override_into_a_value_is_refused():
+def test_override_into_a_value_is_refused(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: 0.1\n")
     with pytest.raises(ConfigError, match=r"optim\.lr is a value, not a section"):
+        load_config(PretrainConfig, path, ["optim.lr.x=1"])
+    with pytest.raises(ConfigError, match=r"optim\.lr: Input should be a valid number"):
         load_config(PretrainConfig, None, ["optim.lr.x=1"])
     with pytest.raises(ConfigError, match="not of the form"):
         load_config(PretrainConfig, None, ["optim.lr"])

@@ -104,7 +104,21 @@ def test_up_submit_down_touches_only_its_own_cluster(tmp_path, short_root):
 
 
 def test_too_long_cluster_folder_fails_before_starting_ray(tmp_path):
-    cluster = LocalCluster(name="x" * 60, root=tmp_path)
+    cluster = LocalCluster(name="x" * 60, root=tmp_path, gcs_port=free_port(), dashboard_port=free_port())
     with pytest.raises(RuntimeError, match=r"too long for Ray's unix sockets"):
         up(cluster, quiet=True)
     assert not cluster.dir.exists()
+
+
+def test_busy_port_fails_with_a_clear_message(short_root):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        cluster = LocalCluster(
+            name="busy", root=short_root, gcs_port=taken.getsockname()[1], dashboard_port=free_port()
+        )
+        with pytest.raises(RuntimeError, match=rf"port\(s\) {cluster.gcs_port} already in use"):
+            up(cluster, quiet=True)
+    assert cluster_processes(cluster) == []

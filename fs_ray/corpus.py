@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import json
 import math
+import os
 import re
 import threading
 import time
@@ -448,6 +449,8 @@ def _process_chunks(batch: dict[str, np.ndarray], cfg: PrepareConfig, stats, ded
     """Ray Data UDF: chunk descriptors -> packed rows (read, clean, dedup, tokenize, pack)."""
     import ray
 
+    # A task holds one CPU: the tokenizer's own thread pool would only fight the other tasks.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tables = []
     for k in range(len(batch["chunk"])):
         chunk = {key: (v[k].item() if hasattr(v[k], "item") else v[k]) for key, v in batch.items()}
@@ -541,8 +544,8 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
         ray.init(log_to_driver=True)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
     parallel = cfg.concurrency or cpus
-    # ~8 chunks per task slot balance the tail (jieba time varies per chunk); none above 64 MB
-    target = int(min(64 << 20, max(256 << 10, total_bytes / (parallel * 8) if total_bytes else 1)))
+    # ~4 chunks per task slot: a short tail without paying per-task overhead too often; <= 64 MB
+    target = int(min(64 << 20, max(256 << 10, total_bytes / (parallel * 4) if total_bytes else 1)))
     chunks = plan_chunks(files, target)
     log(
         f"[prepare] {len(files)} files, {total_bytes / 1e6:.1f} MB in {len(chunks)} chunks, "

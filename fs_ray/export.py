@@ -1,0 +1,83 @@
+"""Checkpoint -> plain Hugging Face folder (config.json, model.safetensors, tokenizer files).
+
+Works for every ZeRO stage: the DeepSpeed checkpoint's per-rank shards (ZeRO-1/2 optimizer
+partitions, ZeRO-3 parameter partitions) are merged into one fp32 state dict on the CPU, the
+way DeepSpeed's own ``zero_to_fp32`` does, then loaded into a model built from the saved
+config and written with ``save_pretrained``. The result loads with ``AutoModelFor...`` and
+needs neither DeepSpeed nor fs_ray.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import torch
+
+from fs_ray.training import DS_TAG, STATE_FILE
+
+
+def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    if zero_stage > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
+    files = glob.glob(os.path.join(checkpoint_dir, DS_TAG, "mp_rank_00_model_states.pt"))
+    if not files:
+        raise FileNotFoundError(f"{checkpoint_dir}/{DS_TAG}/mp_rank_00_model_states.pt not found")
+    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+
+
+def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
+    """Write ``out_dir`` as a Hugging Face folder from an fs_ray checkpoint folder; return it."""
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForMaskedLM,
+        AutoModelForSeq2SeqLM,
+        PreTrainedTokenizerFast,
+    )
+
+    state_path = os.path.join(checkpoint_dir, STATE_FILE)
+    if not os.path.exists(state_path):
+        raise FileNotFoundError(f"{checkpoint_dir} is not an fs_ray checkpoint (no {STATE_FILE})")
+    with open(state_path) as f:
+        state = json.load(f)
+    config = AutoConfig.from_pretrained(os.path.join(checkpoint_dir, "hf_config.json"))
+    auto = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "span": AutoModelForSeq2SeqLM}[
+        state["objective"]
+    ]
+    model = auto.from_config(config)
+    weights = _state_dict(checkpoint_dir, int(state.get("zero_stage", 0)))
+    weights = {
+        k.removeprefix("model."): v.float() for k, v in weights.items()
+    }  # the objective wrapper's prefix
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+
+    special = state["special_ids"]
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(checkpoint_dir, "tokenizer.json"))
+    backend = tokenizer.backend_tokenizer
+    names = {
+        "pad": "pad_token",
+        "unk": "unk_token",
+        "cls": "cls_token",
+        "sep": "sep_token",
+        "mask": "mask_token",
+        "eos": "eos_token",
+    }
+    tokenizer.add_special_tokens(
+        {names[k]: backend.id_to_token(v) for k, v in special.items() if k in names and isinstance(v, int)}
+    )
+    tokenizer.save_pretrained(out_dir)
+    with open(os.path.join(out_dir, "fs_ray_export.json"), "w") as f:
+        json.dump({"from_checkpoint": os.path.abspath(checkpoint_dir), **state}, f, indent=2)
+    return out_dir

@@ -15,7 +15,7 @@ import os
 
 import torch
 
-from fs_ray.training import DS_TAG, STATE_FILE
+from fs_ray.training import DS_TAG, PROBE_FILE, STATE_FILE
 
 
 def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -60,6 +60,18 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
         raise RuntimeError(
             f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
+    verified = None
+    probe_path = os.path.join(checkpoint_dir, PROBE_FILE)
+    if os.path.exists(probe_path):  # logits the training workers computed when saving this checkpoint
+        probe = torch.load(probe_path, map_location="cpu", weights_only=True)
+        model.eval()
+        with torch.no_grad():
+            logits = model(**probe["inputs"]).logits.float()
+        verified = float((logits - probe["logits"]).abs().max())
+        if verified > 1e-4:
+            raise RuntimeError(
+                f"export does not reproduce the trained model: max |logit difference| {verified:.3g}"
+            )
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
 
@@ -79,5 +91,13 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     )
     tokenizer.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "fs_ray_export.json"), "w") as f:
-        json.dump({"from_checkpoint": os.path.abspath(checkpoint_dir), **state}, f, indent=2)
+        json.dump(
+            {
+                "from_checkpoint": os.path.abspath(checkpoint_dir),
+                "verified_max_abs_logit_diff": verified,
+                **state,
+            },
+            f,
+            indent=2,
+        )
     return out_dir

@@ -6,7 +6,8 @@ so which rows a worker has seen depends on timing and a resumed run cannot know 
 consumed. Here the order is a pure function of (seed, epoch, world size):
 
 1. the corpus is cut into *units* (parquet row groups of ``ROW_GROUP_ROWS`` rows);
-2. each epoch permutes the units with ``seed + epoch`` and deals them round-robin to ranks;
+2. each epoch permutes the units with ``seed + epoch`` and deals each to the rank holding the
+   fewest rows (ranks end within one unit of each other);
 3. a rank reads its units in windows of ``window_units``, permuting the rows of each window;
 4. every rank gets the same number of rows per epoch, a multiple of the batch size (the few
    rows past that are left to other epochs' permutations).
@@ -19,6 +20,8 @@ this into ``TorchTrainer(dataset_config=...)``; workers still call
 
 from __future__ import annotations
 
+import functools
+import heapq
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -93,29 +96,37 @@ class PreparedCorpus:
 
     # -- the deterministic plan --------------------------------------------------------------
     def rank_units(self, epoch: int, seed: int, rank: int, world_size: int) -> list[Unit]:
+        return self._deal(epoch, seed, world_size)[rank]
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a corpus lives as long as its run
+    def _deal(self, epoch: int, seed: int, world_size: int) -> list[list[Unit]]:
+        """Permute the units with (seed, epoch); give each to the rank holding the fewest rows.
+
+        Greedy dealing keeps every rank within one unit of the others, whatever the permutation.
+        """
         order = np.random.default_rng([seed, epoch]).permutation(len(self.units))
-        return [self.units[i] for i in order[rank::world_size]]
+        hands: list[list[Unit]] = [[] for _ in range(world_size)]
+        loads = [(0, r) for r in range(world_size)]
+        for i in order:
+            rows, r = heapq.heappop(loads)
+            hands[r].append(self.units[i])
+            heapq.heappush(loads, (rows + self.units[i].rows, r))
+        return hands
 
     def rows_per_rank(self, batch_size: int, world_size: int, seed: int = 0, epochs: int = 1) -> int:
-        """Rows every rank gets in each of ``epochs``: the smallest share, cut to whole batches.
+        """Rows every rank gets in every epoch, whole batches only.
 
-        Units are equal-sized except each shard's last, so the shares barely differ between
-        epochs; taking the minimum over all of them keeps the count fixed for the whole run.
+        Dealt greedily, ranks differ by at most one unit, so the smallest share is at least
+        (total - (world - 1) * largest unit) / world for any permutation: the count depends on
+        neither seed nor epoch, and a run that changes ``max_steps`` keeps its data positions.
         """
-        if world_size > len(self.units):
-            raise CorpusError(
-                f"{len(self.units)} row groups cannot feed {world_size} workers; prepare more data or use fewer workers"
-            )
-        shares = []
-        for e in range(max(1, epochs)):
-            per_rank = [
-                sum(u.rows for u in self.rank_units(e, seed, r, world_size)) for r in range(world_size)
-            ]
-            shares.append(min(per_rank))
-        rows = min(shares) // batch_size * batch_size
+        largest = max(u.rows for u in self.units)
+        bound = (self.num_rows - (world_size - 1) * largest) // world_size
+        rows = max(0, bound) // batch_size * batch_size
         if rows == 0:
             raise CorpusError(
-                f"{self.num_rows} sequences are fewer than one batch of {batch_size} per worker for {world_size} workers"
+                f"{self.num_rows} sequences in {len(self.units)} row groups cannot give {world_size} workers "
+                f"a batch of {batch_size} each; prepare more data, or use fewer workers or smaller batches"
             )
         return rows
 

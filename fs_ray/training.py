@@ -26,6 +26,7 @@ from fs_ray.run_configs import PretrainConfig
 
 POSITION_FILE = "data_position.json"
 STATE_FILE = "fs_ray_state.json"
+PROBE_FILE = "export_probe.pt"
 DS_TAG = "deepspeed"
 FAIL_ENV = "FS_RAY_FAIL_AT_STEP"  # test hook: "<step>:<rank>" kills that worker once (SIGKILL)
 
@@ -201,8 +202,25 @@ def _objective_inputs(
     )
 
 
+def probe_logits(model, probe: dict[str, torch.Tensor], zero_stage: int) -> torch.Tensor:
+    """The model's logits on a fixed input, gathering ZeRO-3 partitions (collective: all ranks call)."""
+    import contextlib
+
+    gather = contextlib.nullcontext()
+    if zero_stage == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    was_training = model.training
+    model.eval()
+    with gather, torch.no_grad():
+        logits = model(**probe).logits.float().cpu()
+    model.train(was_training)
+    return logits
+
+
 def _save_checkpoint(
-    engine, step: int, batches: int, loss: float, rank: int, train_config: dict, model
+    engine, step: int, batches: int, loss: float, rank: int, train_config: dict, model, probe=None
 ) -> None:
     import ray.train
 
@@ -210,6 +228,10 @@ def _save_checkpoint(
     try:
         state = {"step": step, "batches": batches}
         engine.save_checkpoint(tmp, tag=DS_TAG, client_state=state)
+        if probe is not None:  # export recomputes these logits from the saved weights to verify itself
+            logits = probe_logits(model, probe, train_config["cfg"]["deepspeed"]["zero_stage"])
+            if rank == 0:
+                torch.save({"inputs": probe, "logits": logits}, os.path.join(tmp, PROBE_FILE))
         if rank == 0:
             meta = {
                 **state,
@@ -363,6 +385,14 @@ def pretrain_loop(train_config: dict[str, Any]) -> None:
                     writer.add_scalar("train/tokens_per_s", tokens_per_s, step)
             tokens_since, t_last = 0, now
         if step % cfg.checkpoint.every_n_steps == 0 or step == cfg.optim.max_steps:
-            _save_checkpoint(engine, step, step * accum, loss_value, rank, train_config, model)
+            probe = None
+            if step == cfg.optim.max_steps:
+                keys = (
+                    ("input_ids", "attention_mask", "labels")
+                    if objective == "span"
+                    else ("input_ids", "attention_mask")
+                )
+                probe = {k: inputs[k][:2].detach().to(engine.device) for k in keys}
+            _save_checkpoint(engine, step, step * accum, loss_value, rank, train_config, model, probe)
     if writer:
         writer.close()

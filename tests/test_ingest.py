@@ -49,8 +49,9 @@ def test_ranks_get_disjoint_equal_whole_batches(corpus_dir):
         assert len(sizes) == 1 and sizes.pop() % BATCH == 0
         flat = [i for s in streams for i in s]
         assert len(flat) == len(set(flat))  # disjoint, no row twice
-        # at most one row group's worth of rows per rank is left over to keep shares equal
+        # shares differ by at most one row group; a batch remainder per rank is left too
         assert len(flat) >= corpus.num_rows - world * (corpus.manifest["row_group_rows"] + BATCH)
+        assert len(flat) <= corpus.num_rows
 
 
 def test_order_is_seeded_and_changes_per_epoch(corpus_dir):

@@ -179,3 +179,53 @@ def test_other_objectives_train_and_export(corpora, tmp_path, family, corpus, ze
     ]
     assert losses[-1] < losses[0], f"{family} loss did not go down: {losses}"
     assert model.num_parameters() > 0
+
+
+@pytest.mark.parametrize("zero", [0, 3])
+def test_restarted_driver_resumes_and_export_reproduces_the_logits(corpora, tmp_path, zero):
+    """A finished run started again with more steps continues from its last checkpoint (same
+    name and storage); the export of the final checkpoint gives the trained model's logits."""
+    from transformers import AutoModelForMaskedLM
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    common = [f"deepspeed.zero_stage={zero}", "checkpoint.every_n_steps=2", f"run.name=zero{zero}"]
+    pretrain(run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=4", *common), trace_dir=str(trace))
+    summary = pretrain(run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=6", *common), trace_dir=str(trace))
+    assert summary["metrics"]["step"] == 6
+    steps = [json.loads(line)["step"] for line in (trace / "rank0.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3, 4, 5]  # the second driver did only steps 4 and 5
+
+    export = json.loads((tmp_path / "runs" / f"zero{zero}" / "export" / "fs_ray_export.json").read_text())
+    assert export["zero_stage"] == zero and export["verified_max_abs_logit_diff"] <= 1e-5
+    probe = torch.load(os.path.join(summary["checkpoint"], "export_probe.pt"), weights_only=True)
+    model = AutoModelForMaskedLM.from_pretrained(summary["export"]).eval()
+    with torch.no_grad():
+        logits = model(**probe["inputs"]).logits
+    torch.testing.assert_close(logits, probe["logits"], rtol=0, atol=1e-5)
+
+
+def test_continue_pretraining_from_an_exported_folder(corpora, tmp_path):
+    """model.from_pretrained starts from the folder's weights (checked with a vanishing lr)."""
+    from safetensors.torch import load_file
+
+    first = pretrain(
+        run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=2", "run.name=first", "scaling.num_workers=1")
+    )
+    cont = pretrain(
+        run_cfg(
+            tmp_path,
+            corpora["wwm"],
+            f"model.from_pretrained={first['export']}",
+            "optim.max_steps=1",
+            "optim.lr=1e-12",
+            "optim.warmup_steps=0",
+            "run.name=continued",
+            "scaling.num_workers=1",
+        )
+    )
+    before = load_file(os.path.join(first["export"], "model.safetensors"))
+    after = load_file(os.path.join(cont["export"], "model.safetensors"))
+    assert before.keys() == after.keys()
+    for name in before:
+        torch.testing.assert_close(after[name], before[name], rtol=0, atol=1e-6)

@@ -2,7 +2,8 @@
 # One command from a fresh clone to a finished fs_ray job on the embedded local Ray cluster:
 #   1. cluster/setup.sh        venv, pinned torch, fs_ray and its dependencies
 #   2. cluster/local.sh up     private Ray head + job server on 127.0.0.1:8266, token auth on
-#   3. ray job submit          the main job on the shipped demo data (see jobs/configs/)
+#   3. ray job submit          prepare the shipped corpus, then pretrain + export a tiny Erlangshen
+#   4. fill a [MASK] with the exported Hugging Face folder
 # The cluster stays up afterwards (dashboard: http://127.0.0.1:8266); `cluster/local.sh down`
 # stops it. Outputs land in ./runs/quickstart/.
 set -euo pipefail
@@ -14,16 +15,31 @@ cluster/local.sh up
 
 export RAY_ADDRESS="http://127.0.0.1:${FS_RAY_DASHBOARD_PORT:-8266}" RAY_AUTH_MODE=token
 out="$here/runs/quickstart"
-job_id="fs_ray-quickstart-$(date +%Y%m%d-%H%M%S)"
-echo "== submitting $job_id to $RAY_ADDRESS (outputs: $out)"
-.venv/bin/ray job submit --submission-id "$job_id" --working-dir . -- \
-  python jobs/prepare.py --config jobs/configs/prepare_demo.yaml \
+submit() {  # submit one job, tail its logs, fail the script if it fails
+  local id="$1"; shift
+  echo "== submitting $id to $RAY_ADDRESS"
+  .venv/bin/ray job submit --submission-id "$id" --working-dir . -- "$@"
+}
+stamp="$(date +%Y%m%d-%H%M%S)"
+
+# 1. corpus: the shipped CLUECorpusSmall sample -> 128-token shards with jieba word starts
+submit "fs_ray-prepare-$stamp" python jobs/prepare.py --config jobs/configs/prepare_demo.yaml \
   --set "output.dir=$out/prepared" --set output.overwrite=true
+
+# 2. pretrain Erlangshen (tiny) with whole-word MLM on 2 Ray Train workers + DeepSpeed, export
+submit "fs_ray-pretrain-$stamp" python jobs/pretrain.py --config jobs/configs/pretrain_erlangshen_tiny.yaml \
+  --set "data.prepared_dir=$out/prepared" --set "run.storage_path=$out" --set "run.name=erlangshen-tiny-$stamp"
+
+# 3. the exported folder is a plain Hugging Face model: fill a [MASK]
+export_dir="$out/erlangshen-tiny-$stamp/export"
+.venv/bin/python jobs/fill_mask.py "$export_dir" "今天天气很[MASK]。" "我们在北京[MASK]学。" 2>/dev/null
 
 cat <<MSG
 
-== done: job $job_id
+== done
    prepared corpus : $out/prepared (manifest.json, shards/, config.yaml)
+   pretraining run : $out/erlangshen-tiny-$stamp (checkpoints, metrics.jsonl, tensorboard/, config.yaml)
+   exported model  : $export_dir (loads with transformers.AutoModelForMaskedLM)
    job list        : RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=token .venv/bin/ray job list
    dashboard       : $RAY_ADDRESS
    stop the cluster: cluster/local.sh down

@@ -189,7 +189,16 @@ class PreparedCorpus:
         if not plan:
             return ray.data.from_items([]).map_batches(lambda b: b)  # an empty, finished stream
         ds = ray.data.from_items(plan, override_num_blocks=len(plan))
-        return ds.map_batches(read_window, batch_size=1, batch_format="pyarrow")
+        # Reading a window is light next to a training step, and the Train workers may hold every
+        # CPU of the cluster: the reads reserve none (so they can never wait on the workers) and
+        # run at most two at a time per rank.
+        return ds.map_batches(
+            read_window,
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=2),
+        )
 
     def dataset(self):
         """The whole corpus as one Ray Dataset (shard order), for inspection and evaluation."""

@@ -112,7 +112,8 @@ def _worker_loop(config):
 
 @pytest.mark.parametrize("start", [0, 4])
 def test_torch_trainer_workers_read_their_own_stream(corpus_dir, tmp_path, start):
-    """Two real Ray Train workers pull through get_dataset_shard: disjoint, equal, resumable."""
+    """Two real Ray Train workers pull through get_dataset_shard: disjoint, equal, resumable,
+    and fed even when they hold all the cluster's CPUs."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -120,7 +121,8 @@ def test_torch_trainer_workers_read_their_own_stream(corpus_dir, tmp_path, start
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"batch": BATCH, "seq_len": corpus.seq_len, "out": str(tmp_path)},
-        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        # the two workers hold every CPU of the test cluster: reading must still go on
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
         datasets={"train": corpus.dataset()},
         dataset_config=CorpusDataConfig(corpus_dir, batch_size=BATCH, seed=5, start=lambda: Position(start)),
         run_config=RunConfig(name=f"ingest_{start}", storage_path=str(tmp_path / "runs")),

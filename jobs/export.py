@@ -1,0 +1,55 @@
+"""Export an fs_ray checkpoint (any ZeRO stage) as a plain Hugging Face folder.
+
+    python jobs/export.py runs/erlangshen-tiny/checkpoint_step00000060 runs/erlangshen-tiny/export
+    python jobs/export.py runs/erlangshen-tiny            # latest checkpoint of a run -> <run>/export
+
+The folder holds config.json, model.safetensors and the tokenizer, and loads with
+AutoModelForMaskedLM / AutoModelForCausalLM / AutoModelForSeq2SeqLM without fs_ray or DeepSpeed.
+When the checkpoint carries the logits the workers computed at save time, the export recomputes
+them and fails if they differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "checkpoint", help="A checkpoint_step* folder, or a run folder (its latest checkpoint)."
+    )
+    parser.add_argument("out", nargs="?", help="Output folder (default: <run folder>/export).")
+    args = parser.parse_args(argv)
+    from fs_ray.export import export_checkpoint
+
+    ckpt = args.checkpoint.rstrip("/")
+    run = ckpt
+    if not os.path.exists(os.path.join(ckpt, "fs_ray_state.json")):
+        found = sorted(glob.glob(os.path.join(ckpt, "checkpoint_step*")))
+        if not found:
+            print(
+                f"error: {ckpt} is neither a checkpoint nor a run folder with checkpoint_step* inside",
+                file=sys.stderr,
+            )
+            return 2
+        ckpt = found[-1]
+    else:
+        run = os.path.dirname(ckpt)
+    out = args.out or os.path.join(run, "export")
+    try:
+        export_checkpoint(ckpt, out)
+    except (FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {ckpt} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 FAMILY_OBJECTIVE = {
@@ -171,16 +170,9 @@ class MaskedLMObjective(nn.Module):
         return nn.functional.cross_entropy(logits.float(), labels[picked])
 
 
-class CausalLMObjective(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+class ModelLossObjective(nn.Module):
+    """Causal LM and seq2seq: the Hugging Face model computes its own loss from ``labels``."""
 
-    def forward(self, input_ids, attention_mask, labels):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-
-
-class Seq2SeqObjective(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
@@ -190,11 +182,8 @@ class Seq2SeqObjective(nn.Module):
 
 
 def wrap(model: nn.Module, objective: str) -> nn.Module:
-    return {"mlm": MaskedLMObjective, "clm": CausalLMObjective, "span": Seq2SeqObjective}[objective](model)
+    return (MaskedLMObjective if objective == "mlm" else ModelLossObjective)(model)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["PRESETS", "build_model", "count_parameters", "hf_config", "objective_of", "torch", "wrap"]

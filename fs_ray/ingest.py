@@ -113,7 +113,7 @@ class PreparedCorpus:
             heapq.heappush(loads, (rows + self.units[i].rows, r))
         return hands
 
-    def rows_per_rank(self, batch_size: int, world_size: int, seed: int = 0, epochs: int = 1) -> int:
+    def rows_per_rank(self, batch_size: int, world_size: int) -> int:
         """Rows every rank gets in every epoch, whole batches only.
 
         Dealt greedily, ranks differ by at most one unit, so the smallest share is at least
@@ -141,7 +141,7 @@ class PreparedCorpus:
         window_units: int,
     ) -> list[dict[str, Any]]:
         """The read tasks of one rank from ``start`` to the end of ``epochs``, in stream order."""
-        per_epoch_rows = self.rows_per_rank(batch_size, world_size, seed, epochs)
+        per_epoch_rows = self.rows_per_rank(batch_size, world_size)
         epoch0, batch_in_epoch = start.split(per_epoch_rows // batch_size)
         out = []
         for epoch in range(epoch0, epochs):

@@ -183,7 +183,3 @@ class ModelLossObjective(nn.Module):
 
 def wrap(model: nn.Module, objective: str) -> nn.Module:
     return (MaskedLMObjective if objective == "mlm" else ModelLossObjective)(model)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

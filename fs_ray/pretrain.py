@@ -57,7 +57,7 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
         resolve_precision(cfg.deepspeed.precision, cfg.scaling.use_gpu)
     except ValueError as err:
         raise PretrainError(str(err)) from None
-    per_rank = corpus.rows_per_rank(cfg.optim.micro_batch_size, cfg.scaling.num_workers, cfg.run.seed)
+    per_rank = corpus.rows_per_rank(cfg.optim.micro_batch_size, cfg.scaling.num_workers)
     batches_per_epoch = per_rank // cfg.optim.micro_batch_size
     needed = cfg.optim.max_steps * cfg.optim.grad_accum
     epochs = math.ceil(needed / batches_per_epoch)

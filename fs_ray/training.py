@@ -99,9 +99,9 @@ def run_dir(cfg: PretrainConfig) -> str:
     return resolve_path(cfg.run.output_dir())
 
 
-def data_start(cfg_dict: dict[str, Any]) -> Position:
+def data_start(run_dir: str) -> Position:
     """Where this run's data streams open: the position saved with the latest checkpoint, or 0."""
-    path = storage.join(cfg_dict["run_dir"], POSITION_FILE)
+    path = storage.join(run_dir, POSITION_FILE)
     if not storage.exists(path):
         return Position(0)
     return Position(int(json.loads(storage.read_text(path))["batches"]))
@@ -144,7 +144,7 @@ class _StartFrom:
         self.run_dir = run_dir
 
     def __call__(self) -> Position:
-        return data_start({"run_dir": self.run_dir})
+        return data_start(self.run_dir)
 
 
 def _maybe_fail(step: int, rank: int, marker_dir: str) -> None:
@@ -160,7 +160,7 @@ def _maybe_fail(step: int, rank: int, marker_dir: str) -> None:
 
 
 def _objective_inputs(
-    objective: str, batch: dict[str, torch.Tensor], special: dict[str, Any], vocab: int, gen, cfg
+    objective: str, batch: dict[str, torch.Tensor], special: dict[str, Any], vocab: int, gen
 ):
     from fs_ray import objectives
 
@@ -312,7 +312,7 @@ def pretrain_loop(train_config: dict[str, Any]) -> None:
             print(f"[pretrain] resumed from step {step} ({checkpoint.path})", flush=True)
 
     accum = cfg.optim.grad_accum
-    stream_start = data_start(train_config).batches
+    stream_start = data_start(train_config["run_dir"]).batches
     behind = step * accum - stream_start
     if behind < 0:
         raise RuntimeError(
@@ -348,7 +348,7 @@ def pretrain_loop(train_config: dict[str, Any]) -> None:
         for micro in range(accum):
             batch = next(batches)
             gen = torch.Generator().manual_seed(hash((cfg.run.seed, step, micro, rank)) & 0x7FFFFFFF)
-            inputs = _objective_inputs(objective, batch, special, vocab, gen, cfg)
+            inputs = _objective_inputs(objective, batch, special, vocab, gen)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
             loss = engine(**inputs)
             engine.backward(loss)

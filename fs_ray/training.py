@@ -254,22 +254,17 @@ def _save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def pretrain_loop(train_config: dict[str, Any]) -> None:
-    """Ray Train worker function (one per worker): build, wrap in DeepSpeed, stream, step, checkpoint."""
+def build_engine(
+    cfg: PretrainConfig, vocab: int, seq_len: int, special: dict[str, Any], world: int, on_gpu: bool
+):
+    """Model + objective wrapper + AdamW (or DeepSpeed's CPU Adam under offload) + schedule, in DeepSpeed.
+
+    Needs ``torch.distributed`` initialised (Ray Train's TorchTrainer does it on every worker).
+    Returns ``(engine, hf_model, objective)``.
+    """
     import deepspeed
-    import ray.train
 
     from fs_ray.models import build_model, wrap
-
-    cfg = PretrainConfig.model_validate(train_config["cfg"])
-    manifest = train_config["manifest"]
-    special = manifest["tokenizer"]["special_ids"]
-    vocab = manifest["tokenizer"]["vocab_size"]
-    seq_len = manifest["seq_len"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    on_gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
-    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
 
     model, objective = build_model(
         cfg.model.family,
@@ -301,6 +296,37 @@ def pretrain_loop(train_config: dict[str, Any]) -> None:
     engine, _, _, _ = deepspeed.initialize(
         model=wrapped, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
     )
+    return engine, model, objective
+
+
+def micro_step(
+    engine, objective: str, batch: dict[str, torch.Tensor], special: dict[str, Any], vocab: int, gen
+):
+    """One micro-batch: objective transform, forward, backward, DeepSpeed step (which applies the
+    optimizer only at accumulation boundaries). Returns ``(loss, model inputs)``."""
+    inputs = _objective_inputs(objective, batch, special, vocab, gen)
+    inputs = {k: v.to(engine.device) for k, v in inputs.items()}
+    loss = engine(**inputs)
+    engine.backward(loss)
+    engine.step()
+    return loss.detach().float(), inputs
+
+
+def pretrain_loop(train_config: dict[str, Any]) -> None:
+    """Ray Train worker function (one per worker): build, wrap in DeepSpeed, stream, step, checkpoint."""
+    import ray.train
+
+    cfg = PretrainConfig.model_validate(train_config["cfg"])
+    manifest = train_config["manifest"]
+    special = manifest["tokenizer"]["special_ids"]
+    vocab = manifest["tokenizer"]["vocab_size"]
+    seq_len = manifest["seq_len"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    on_gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
+    torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
+
+    engine, model, objective = build_engine(cfg, vocab, seq_len, special, world, on_gpu)
 
     step = 0
     checkpoint = ray.train.get_checkpoint()
@@ -348,12 +374,8 @@ def pretrain_loop(train_config: dict[str, Any]) -> None:
         for micro in range(accum):
             batch = next(batches)
             gen = torch.Generator().manual_seed(hash((cfg.run.seed, step, micro, rank)) & 0x7FFFFFFF)
-            inputs = _objective_inputs(objective, batch, special, vocab, gen)
-            inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-            loss = engine(**inputs)
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.detach().float())
+            loss, inputs = micro_step(engine, objective, batch, special, vocab, gen)
+            losses.append(loss)
             tokens_since += int(batch["attention_mask"].sum())
             step_ids.extend(batch["sample_id"].tolist())
         if trace_dir:  # audit trail of which sequences each rank trained on at each step

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 FAMILY_OBJECTIVE = {
@@ -183,3 +184,89 @@ class ModelLossObjective(nn.Module):
 
 def wrap(model: nn.Module, objective: str) -> nn.Module:
     return (MaskedLMObjective if objective == "mlm" else ModelLossObjective)(model)
+
+
+# ---------------------------------------------------------------------------------------------
+# fine-tuning
+# ---------------------------------------------------------------------------------------------
+HEAD_CLASSES = {
+    "single": "AutoModelForSequenceClassification",
+    "pair": "AutoModelForSequenceClassification",
+    "coref": "AutoModelForSequenceClassification",
+    "choice": "AutoModelForMultipleChoice",
+    "tagging": "AutoModelForTokenClassification",
+}
+
+
+def build_task_model(
+    model_cfg, method: str, shape: str, labels: list[str], vocab_size: int, max_len: int, special
+) -> nn.Module:
+    """The Hugging Face model a fine-tuning method trains: a task head on the encoder, or the
+    MLM itself for UniMC. ``model_cfg.from_pretrained`` (an exported folder) supplies the encoder
+    weights; otherwise ``model_cfg.preset`` starts from scratch."""
+    import transformers
+
+    auto = getattr(
+        transformers, "AutoModelForMaskedLM" if method.startswith("unimc") else HEAD_CLASSES[shape]
+    )
+    head_kwargs: dict[str, Any] = {}
+    if not method.startswith("unimc") and shape != "choice":
+        head_kwargs = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
+    if model_cfg.from_pretrained:
+        return auto.from_pretrained(
+            model_cfg.from_pretrained, local_files_only=True, **head_kwargs, **model_cfg.overrides
+        )
+    config = hf_config(model_cfg.family, model_cfg.preset, vocab_size, max_len, special, model_cfg.overrides)
+    for key, value in head_kwargs.items():
+        setattr(config, key, value)
+    return auto.from_config(config)
+
+
+class HeadObjective(nn.Module):
+    """Task head: the Hugging Face model's own cross-entropy (sequence, choice or token level)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def logits(self, input_ids, attention_mask, token_type_ids, **_):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+
+    def forward(self, input_ids, attention_mask, token_type_ids, label=None, labels=None, **_):
+        target = labels if labels is not None else label
+        logits = self.logits(input_ids, attention_mask, token_type_ids)
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1))
+
+
+class UniMCObjective(nn.Module):
+    """UniMC: each option's score is the MLM logit of ``yes_id`` at the option's ``[MASK]``;
+    the loss is cross-entropy over the options of a row (padding options score -inf)."""
+
+    def __init__(self, model: nn.Module, yes_id: int):
+        super().__init__()
+        self.model = model
+        self.yes_id = yes_id
+        if not hasattr(model, "cls"):
+            raise ValueError(
+                f"UniMC needs a BERT-style masked LM with a .cls head, got {type(model).__name__}"
+            )
+
+    def logits(self, input_ids, attention_mask, token_type_ids, mask_pos, option_ids, **_):
+        base = getattr(self.model, self.model.base_model_prefix)
+        hidden = base(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).last_hidden_state
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        picked = hidden[rows, mask_pos]  # [B, K, H]
+        scores = self.model.cls(picked)[..., self.yes_id].float()
+        return scores.masked_fill(option_ids < 0, float("-inf"))
+
+    def forward(self, input_ids, attention_mask, token_type_ids, mask_pos, option_ids, label, **_):
+        scores = self.logits(input_ids, attention_mask, token_type_ids, mask_pos, option_ids)
+        return nn.functional.cross_entropy(scores, label)

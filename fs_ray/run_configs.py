@@ -245,35 +245,117 @@ class PretrainConfig(Section):
     )
 
 
-class TaskSection(Section):
-    name: str = Field(
-        "eprstmt",
-        description="Task name (FewCLUE: eprstmt, tnews, iflytek, csldcp, ocnli, bustm, csl, chid, cluewsc; ...).",
+class FinetuneTasks(Section):
+    names: list[str] = Field(
+        default_factory=lambda: ["eprstmt"],
+        description="Tasks to run: FewCLUE (eprstmt, tnews, iflytek, csldcp, ocnli, bustm, csl, chid, cluewsc), "
+        "chnsenticorp, smp2020_ewect, msra_ner, or names defined under task_specs.",
     )
-    data_dir: str = Field(
-        "asset://fewclue/eprstmt", description="Folder with the task's train/dev/test files."
+    data_root: str = Field(
+        "asset://",
+        description="Folder holding the task folders (fewclue/<task>, chnsenticorp, ...); asset:// is the copy "
+        "shipped with fs_ray (FewCLUE eprstmt only). Point it at a full data directory for the rest.",
     )
-    splits: list[str] = Field(
-        default_factory=lambda: ["0", "1", "2", "3", "4", "few_all"],
-        description="FewCLUE splits to run: train_<k> is trained, dev_<k> evaluated.",
+    splits: list[str] | None = Field(
+        None, description="Splits to run (FewCLUE: 0 1 2 3 4 few_all); default: each task's own list."
+    )
+    max_len: int = Field(128, ge=16, le=4096, description="Tokens per input, special tokens included.")
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _split_names_are_text(cls, v: Any) -> Any:
+        return [str(x) for x in v] if isinstance(v, list) else v
+
+    truncation: Literal["head", "tail", "head_tail"] = Field(
+        "head_tail",
+        description="How long texts are cut: keep the head, the tail, or a quarter head + three quarters tail.",
+    )
+    max_bad_fraction: Fraction = Field(
+        0.0,
+        description="Fraction of malformed records (missing field, unknown label, bad span) a file may have; "
+        "they are skipped and counted. Above it the run stops naming file, line and field.",
+    )
+    unimc_max_options: PositiveInt = Field(
+        32, description="UniMC: most options rendered into one input (more are split over several)."
+    )
+
+
+class FinetuneOptim(OptimSection):
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    epochs: float = Field(
+        10.0,
+        ge=0,
+        description="Passes over the training file; sets max_steps (0: evaluate only, e.g. zero-shot).",
+    )
+    max_steps: PositiveInt = Field(100, description="Ignored: fine-tuning runs for `epochs`.")
+    micro_batch_size: PositiveInt = Field(16, description="Rows per worker per micro-step.")
+    eval_batch_size: PositiveInt = Field(64, description="Rows per worker per evaluation step.")
+
+
+class FinetuneCheckpoint(Section):
+    every_n_epochs: PositiveInt = Field(
+        1,
+        description="Evaluate dev and checkpoint every N epochs (and at the end); a killed run resumes there.",
+    )
+    keep_last: PositiveInt = Field(1, description="Checkpoints kept per run.")
+    max_failures: int = Field(
+        2, ge=-1, description="Worker-group restarts from the last checkpoint; -1 = forever."
     )
 
 
 class FinetuneConfig(Section):
-    """Fine-tune and evaluate a model on a labelled task."""
+    """Fine-tune and evaluate models on labelled tasks: every task x method x split, one table."""
 
     kind: Literal["finetune"] = "finetune"
     run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
-    model: ModelSection = Field(default_factory=ModelSection, description="Starting checkpoint or preset.")
-    task: TaskSection = Field(default_factory=TaskSection, description="Which labelled task.")
-    method: Literal["head", "unimc", "tfidf"] = Field(
-        "head", description="Task head, UniMC multiple choice, or the TF-IDF baseline."
+    model: ModelSection = Field(
+        default_factory=ModelSection,
+        description="Starting point: model.from_pretrained (an exported folder) or a preset trained from scratch.",
     )
-    optim: OptimSection = Field(default_factory=OptimSection, description="Optimizer and schedule.")
+    tokenizer: TokenizerSection = Field(
+        default_factory=TokenizerSection,
+        description="Vocabulary for from-scratch models (an exported folder brings its own).",
+    )
+    task: FinetuneTasks = Field(default_factory=FinetuneTasks, description="Tasks, data and input shape.")
+    task_specs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra tasks in a known shape: name -> TaskSpec fields (shape, path, text_fields, ...).",
+    )
+    methods: list[Literal["head", "unimc", "unimc_zero", "tfidf"]] = Field(
+        default_factory=lambda: ["head", "tfidf"],
+        description="head: fine-tune a task head; unimc: UniMC multiple choice trained few-shot; unimc_zero: "
+        "UniMC zero-shot (no training); tfidf: the char n-gram TF-IDF + logistic regression floor.",
+    )
+    optim: FinetuneOptim = Field(default_factory=FinetuneOptim, description="Optimizer and schedule.")
     deepspeed: DeepSpeedSection = Field(
         default_factory=DeepSpeedSection, description="DeepSpeed engine options."
     )
-    scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers.")
+    scaling: ScalingSection = Field(default_factory=ScalingSection, description="Ray Train workers per run.")
+    checkpoint: FinetuneCheckpoint = Field(
+        default_factory=FinetuneCheckpoint, description="Per-run checkpoints and restarts."
+    )
+    submission_split: str = Field(
+        "few_all",
+        description="Split whose model predicts test.json for the submission files (FewCLUE: few_all).",
+    )
+    export: Literal["none", "submission", "all"] = Field(
+        "submission",
+        description="Which fine-tuned models are saved as Hugging Face folders: none, the submission split's, all.",
+    )
+    overwrite: bool = Field(
+        False, description="Rerun task/method/split results already in the run folder (default: reuse them)."
+    )
+
+    @model_validator(mode="after")
+    def _specs_are_valid(self) -> FinetuneConfig:
+        from fs_ray.tasks import TaskSpec
+
+        for name, spec in self.task_specs.items():
+            try:
+                TaskSpec.model_validate(spec)
+            except Exception as err:
+                raise ValueError(f"task_specs.{name}: {err}") from None
+        return self
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +397,7 @@ class TuneConfig(Section):
     )
     search_alg: Literal["random", "grid", "optuna"] = Field("random", description="Search algorithm.")
     num_samples: PositiveInt = Field(8, description="Trials (per grid point for grid search).")
-    metric: str = Field("dev_accuracy_mean", description="Metric to maximise.")
+    metric: str = Field("dev_mean", description="Metric to maximise (the task metric averaged over splits).")
     asha: bool = Field(True, description="Stop weak trials early with ASHA.")
     max_concurrent_trials: PositiveInt | None = Field(
         None, description="Default: derived from cluster resources."

@@ -79,8 +79,9 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, on_gpu: bool) -> dict
     return config
 
 
-def lr_lambda(cfg: PretrainConfig):
-    warmup, total, kind = cfg.optim.warmup_steps, cfg.optim.max_steps, cfg.optim.schedule
+def lr_lambda(cfg: PretrainConfig, total_steps: int | None = None):
+    warmup, kind = cfg.optim.warmup_steps, cfg.optim.schedule
+    total = total_steps or cfg.optim.max_steps
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -254,16 +255,44 @@ def _save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def make_engine(module, cfg, world: int, on_gpu: bool, total_steps: int | None = None):
+    """``module`` (whose forward returns the loss) in DeepSpeed with AdamW (decay on matrices only,
+    or DeepSpeed's CPU Adam under optimizer offload) and the warmup + decay schedule.
+
+    ``cfg`` is any run config with ``optim`` and ``deepspeed`` sections (pretrain or finetune).
+    Needs ``torch.distributed`` initialised (Ray Train's TorchTrainer does it on every worker).
+    """
+    import deepspeed
+
+    ds_config = deepspeed_config(cfg, world, on_gpu)
+    schedule = lr_lambda(cfg, total_steps)
+    if ds_config.get("optimizer"):
+        optimizer = None
+        scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule)  # noqa: E731
+    else:
+        decay = [p for p in module.parameters() if p.ndim >= 2 and p.requires_grad]
+        no_decay = [p for p in module.parameters() if p.ndim < 2 and p.requires_grad]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": cfg.optim.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.optim.lr,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+    )
+    return engine
+
+
 def build_engine(
     cfg: PretrainConfig, vocab: int, seq_len: int, special: dict[str, Any], world: int, on_gpu: bool
 ):
     """Model + objective wrapper + AdamW (or DeepSpeed's CPU Adam under offload) + schedule, in DeepSpeed.
 
-    Needs ``torch.distributed`` initialised (Ray Train's TorchTrainer does it on every worker).
     Returns ``(engine, hf_model, objective)``.
     """
-    import deepspeed
-
     from fs_ray.models import build_model, wrap
 
     model, objective = build_model(
@@ -277,25 +306,7 @@ def build_engine(
     )
     if cfg.deepspeed.activation_checkpointing:
         model.gradient_checkpointing_enable()
-    wrapped = wrap(model, objective)
-    ds_config = deepspeed_config(cfg, world, on_gpu)
-    if ds_config.get("optimizer"):
-        optimizer = None
-        scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))  # noqa: E731
-    else:
-        decay = [p for n, p in wrapped.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in wrapped.named_parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": cfg.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=cfg.optim.lr,
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    engine, _, _, _ = deepspeed.initialize(
-        model=wrapped, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
-    )
+    engine = make_engine(wrap(model, objective), cfg, world, on_gpu)
     return engine, model, objective
 
 

@@ -1,0 +1,382 @@
+"""Task examples -> fixed-shape model rows, for each method, and the metrics on the way back.
+
+Rows are plain dicts of numpy arrays (Ray Data carries them to the Train workers); every row
+carries ``row``, the index of its example, so predictions from any rank map back to records.
+
+- ``head``: ``[CLS] a [SEP] (b [SEP])`` for single/pair; coref marks span1 with 【】 and span2
+  with 《》 in the text; choice makes one such sequence per candidate, the candidate filling the
+  blank, windowed around it; tagging is one token per character.
+- ``unimc``: every option rendered into the input, each behind its own ``[MASK]``:
+  ``[CLS] [MASK] o1 [MASK] o2 ... [SEP] question [SEP] a (b) [SEP]``. The MLM head's logit of
+  "是" (yes) at an option's ``[MASK]`` is that option's score; training is cross-entropy over
+  the options' scores (UniMC, Yang et al. 2022). Option sets too long for one input (iflytek's
+  119 apps) are split over several inputs and their scores compared together.
+
+Long texts are cut by a stated strategy (``head``, ``tail``, or ``head_tail``: the first quarter of
+the budget from the start, the rest from the end); nothing ever overflows ``max_len``.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from fs_ray.tasks import Example, TaskSplit
+
+Truncation = Literal["head", "tail", "head_tail"]
+YES = "是"
+CHOICE_BLANK = "（）"
+
+
+@dataclass
+class Encoder:
+    tokenizer: Any  # tokenizers.Tokenizer
+    max_len: int
+    truncation: Truncation = "head"
+
+    def __post_init__(self) -> None:
+        t = self.tokenizer
+        self.cls, self.sep = t.token_to_id("[CLS]"), t.token_to_id("[SEP]")
+        self.pad, self.mask, self.unk = (
+            t.token_to_id("[PAD]") or 0,
+            t.token_to_id("[MASK]"),
+            t.token_to_id("[UNK]"),
+        )
+        self.yes = t.token_to_id(YES)
+        if self.cls is None or self.sep is None:
+            raise ValueError("fine-tuning needs a BERT-style vocabulary with [CLS] and [SEP]")
+        self._cache: dict[str, list[int]] = {}
+
+    def ids(self, text: str) -> list[int]:
+        if text not in self._cache:
+            self._cache[text] = self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self._cache[text]
+
+    def cut(self, ids: list[int], budget: int) -> list[int]:
+        budget = max(budget, 0)
+        if len(ids) <= budget:
+            return ids
+        if self.truncation == "head":
+            return ids[:budget]
+        if self.truncation == "tail":
+            return ids[len(ids) - budget :] if budget else []
+        head = budget // 4
+        return ids[:head] + ids[len(ids) - (budget - head) :]
+
+    def pack(self, segments: list[list[int]]) -> dict[str, np.ndarray]:
+        """``[CLS] s0 [SEP] s1 [SEP] ...`` padded to max_len; token types 0 for s0, 1 after."""
+        ids, types = [self.cls], [0]
+        for i, seg in enumerate(segments):
+            ids += [*seg, self.sep]
+            types += [min(i, 1)] * (len(seg) + 1)
+        return self._pad(ids, types)
+
+    def _pad(self, ids: list[int], types: list[int]) -> dict[str, np.ndarray]:
+        if len(ids) > self.max_len:
+            raise AssertionError(f"{len(ids)} tokens > max_len {self.max_len}")  # callers budget first
+        n = self.max_len - len(ids)
+        return {
+            "input_ids": np.array(ids + [self.pad] * n, dtype=np.int64),
+            "attention_mask": np.array([1] * len(ids) + [0] * n, dtype=np.int64),
+            "token_type_ids": np.array(types + [0] * n, dtype=np.int64),
+        }
+
+    def fit_pair(self, a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
+        """Longest first: the longer segment is cut until both fit in ``budget`` tokens."""
+        budget = max(budget, 0)
+        if len(a) + len(b) <= budget:
+            return a, b
+        if len(a) <= budget // 2:
+            return a, self.cut(b, budget - len(a))
+        if len(b) <= budget // 2:
+            return self.cut(a, budget - len(b)), b
+        return self.cut(a, budget - budget // 2), self.cut(b, budget // 2)
+
+
+def coref_text(ex: Example) -> str:
+    """cluewsc: span1 in 【】, span2 in 《》, inserted back to front so indices stay valid."""
+    text = ex.texts[0]
+    marks = sorted(zip(ex.spans or [], ("【】", "《》"), strict=True), key=lambda m: m[0][0], reverse=True)
+    for (start, end), (left, right) in marks:
+        text = text[:start] + left + text[start:end] + right + text[end:]
+    return text
+
+
+def _segments(split: TaskSplit, ex: Example) -> list[str]:
+    if split.spec.shape == "coref":
+        return [coref_text(ex)]
+    return list(ex.texts)
+
+
+# ---------------------------------------------------------------------------------------------
+# head
+# ---------------------------------------------------------------------------------------------
+def encode_head(split: TaskSplit, examples: list[Example], enc: Encoder, labelled: bool) -> list[dict]:
+    shape = split.spec.shape
+    label_index = {label: i for i, label in enumerate(split.labels)}
+    rows = []
+    for row, ex in enumerate(examples):
+        if shape == "tagging":
+            rows.append(_tagging_row(split, ex, enc, labelled, row))
+            continue
+        if shape == "choice":
+            item = _choice_row(split, ex, enc)
+        else:
+            segs = [enc.ids(s) for s in _segments(split, ex)]
+            budget = enc.max_len - 1 - len(segs)
+            if len(segs) == 1:
+                segs = [enc.cut(segs[0], budget)]
+            else:
+                segs = list(enc.fit_pair(segs[0], segs[1], budget))
+            item = enc.pack(segs)
+        item["label"] = np.int64(label_index[ex.label] if labelled and ex.label is not None else -100)
+        if shape == "choice" and labelled:
+            item["label"] = np.int64(int(ex.label))
+        item["row"] = np.int64(row)
+        rows.append(item)
+    return rows
+
+
+def _choice_row(split: TaskSplit, ex: Example, enc: Encoder) -> dict[str, np.ndarray]:
+    left, _, right = ex.texts[0].partition(split.spec.blank)
+    left_ids, right_ids = enc.ids(left), enc.ids(right)
+    per = []
+    for cand in ex.candidates or []:
+        c = enc.ids(cand)
+        budget = max(0, enc.max_len - 3 - 2 * len(c))
+        keep_left = min(len(left_ids), max(budget // 2, budget - len(right_ids)))
+        keep_right = min(len(right_ids), budget - keep_left)
+        window = left_ids[len(left_ids) - keep_left :] + c + right_ids[:keep_right]
+        per.append(enc.pack([c, window]))
+    return {k: np.stack([p[k] for p in per]) for k in per[0]}
+
+
+def _tagging_row(split: TaskSplit, ex: Example, enc: Encoder, labelled: bool, row: int) -> dict:
+    chars = ex.texts[0][: enc.max_len - 2]
+    ids = [enc.cls] + [enc.tokenizer.token_to_id(c.lower()) or enc.unk for c in chars] + [enc.sep]
+    item = enc._pad(ids, [0] * len(ids))
+    labels = np.full(enc.max_len, -100, dtype=np.int64)
+    if labelled and ex.tags:
+        index = {t: i for i, t in enumerate(split.labels)}
+        labels[1 : 1 + len(chars)] = [index[t] for t in ex.tags[: len(chars)]]
+    item["labels"] = labels
+    item["row"] = np.int64(row)
+    return item
+
+
+# ---------------------------------------------------------------------------------------------
+# UniMC
+# ---------------------------------------------------------------------------------------------
+def options_of(split: TaskSplit, ex: Example) -> list[str]:
+    if split.spec.shape == "choice":
+        return list(ex.candidates or [])
+    return [split.verbalizer[label] for label in split.labels]
+
+
+def question_of(split: TaskSplit, ex: Example) -> str:
+    q = split.spec.question
+    if split.spec.shape == "coref" and ex.spans:
+        text = ex.texts[0]
+        (a0, a1), (b0, b1) = ex.spans
+        q = (
+            q.format(span1=text[a0:a1], span2=text[b0:b1])
+            if "{" in q
+            else f"《{text[b0:b1]}》指的是【{text[a0:a1]}】吗？"
+        )
+    return q
+
+
+def unimc_passages(split: TaskSplit, ex: Example) -> list[str]:
+    if split.spec.shape == "choice":
+        return [ex.texts[0].replace(split.spec.blank, CHOICE_BLANK)]
+    return _segments(split, ex)
+
+
+def option_groups(option_ids: list[list[int]], budget: int) -> list[list[int]]:
+    """Consecutive option indices whose ``[MASK] + tokens`` fit in ``budget`` tokens together."""
+    groups: list[list[int]] = [[]]
+    used = 0
+    for i, ids in enumerate(option_ids):
+        cost = 1 + len(ids)
+        if groups[-1] and used + cost > budget:
+            groups.append([])
+            used = 0
+        groups[-1].append(i)
+        used += cost
+    return groups
+
+
+def render_unimc(
+    enc: Encoder,
+    option_ids: list[list[int]],
+    group: list[int],
+    question: list[int],
+    passages: list[list[int]],
+) -> tuple[dict[str, np.ndarray], list[int]]:
+    """One UniMC input for the options in ``group``; returns the row and each option's [MASK] position."""
+    head = [enc.cls]
+    positions = []
+    for i in group:
+        positions.append(len(head))
+        head += [enc.mask, *option_ids[i]]
+    head.append(enc.sep)
+    room = enc.max_len - len(head) - 1 - len(passages)
+    question = enc.cut(question, max(0, min(len(question), room // 3)))
+    room -= len(question)
+    if len(passages) == 1:
+        passages = [enc.cut(passages[0], room)]
+    else:
+        passages = list(enc.fit_pair(passages[0], passages[1], room))
+    ids = head + question + [enc.sep]
+    types = [0] * len(ids)
+    for p in passages:
+        ids += [*p, enc.sep]
+        types += [1] * (len(p) + 1)
+    return enc._pad(ids, types), positions
+
+
+def encode_unimc(
+    split: TaskSplit,
+    examples: list[Example],
+    enc: Encoder,
+    labelled: bool,
+    train: bool,
+    max_options: int,
+    seed: int = 0,
+) -> list[dict]:
+    """Training rows: one per example, the gold option plus as many others as fit (shuffled).
+    Evaluation rows: every option of every example, in as many inputs as it takes."""
+    if enc.mask is None or enc.yes is None:
+        raise ValueError("UniMC needs [MASK] and '是' in the vocabulary")
+    option_budget = enc.max_len // 2
+    rng = random.Random(seed)
+    rows = []
+    for row, ex in enumerate(examples):
+        options = options_of(split, ex)
+        opt_ids = [enc.cut(enc.ids(o), option_budget - 1) for o in options]
+        question = enc.ids(question_of(split, ex))
+        passages = [enc.ids(p) for p in unimc_passages(split, ex)]
+        gold = split.labels.index(ex.label) if labelled and split.spec.shape != "choice" else None
+        if labelled and split.spec.shape == "choice":
+            gold = int(ex.label)
+        if train:
+            others = [i for i in range(len(options)) if i != gold]
+            rng.shuffle(others)
+            order = [gold, *others]
+            group = option_groups([opt_ids[i] for i in order], option_budget)[0][:max_options]
+            chosen = [order[i] for i in group]
+            rng.shuffle(chosen)
+            groups = [chosen]
+        else:
+            groups = [
+                g[i : i + max_options]
+                for g in option_groups(opt_ids, option_budget)
+                for i in range(0, len(g), max_options)
+            ]
+        for group in groups:
+            item, positions = render_unimc(enc, opt_ids, group, question, passages)
+            k = len(group)
+            item["mask_pos"] = np.array(positions + [0] * (max_options - k), dtype=np.int64)
+            item["option_ids"] = np.array(group + [-1] * (max_options - k), dtype=np.int64)
+            item["label"] = np.int64(group.index(gold) if train and gold is not None else -100)
+            item["row"] = np.int64(row)
+            rows.append(item)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# batches and metrics
+# ---------------------------------------------------------------------------------------------
+def collate_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """numpy batch -> tensors, trimmed to the longest real sequence in the batch."""
+    import torch
+
+    mask = batch["attention_mask"]
+    longest = int(np.max(np.nonzero(mask.reshape(-1, mask.shape[-1]).any(axis=0))[0])) + 1
+    out = {}
+    for key, value in batch.items():
+        arr = np.asarray(value)
+        if key in ("input_ids", "attention_mask", "token_type_ids", "labels") and arr.ndim >= 2:
+            arr = arr[..., :longest]
+        out[key] = torch.from_numpy(np.ascontiguousarray(arr))
+    return out
+
+
+def entities(tags: list[str]) -> set[tuple[str, int, int]]:
+    """BIO tags -> {(type, start, end)}; an I- tag that does not continue an entity starts one."""
+    found, kind, start = set(), None, 0
+    for i, tag in enumerate([*tags, "O"]):
+        inside = tag.startswith("I-") and kind == tag[2:]
+        if not inside:
+            if kind is not None:
+                found.add((kind, start, i))
+            kind, start = (tag[2:], i) if tag[:2] in ("B-", "I-") else (None, i)
+    return found
+
+
+def entity_f1(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
+    tp = n_gold = n_pred = 0
+    for g, p in zip(gold, pred, strict=True):
+        ge, pe = entities(g), entities(p)
+        tp, n_gold, n_pred = tp + len(ge & pe), n_gold + len(ge), n_pred + len(pe)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_gold if n_gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"entity_f1": f1, "entity_precision": precision, "entity_recall": recall}
+
+
+def gold_of(split: TaskSplit, examples: list[Example]) -> list[Any]:
+    return [ex.tags or [] if split.spec.metric == "entity_f1" else ex.label for ex in examples]
+
+
+def score_labels(metric: str, gold: list[Any], predictions: list[Any]) -> dict[str, float]:
+    if metric == "entity_f1":
+        return entity_f1(gold, predictions)
+    right = sum(p == g for p, g in zip(predictions, gold, strict=True))
+    return {"accuracy": right / max(1, len(gold))}
+
+
+def score(split: TaskSplit, examples: list[Example], predictions: list[Any]) -> dict[str, float]:
+    """The task's dev metric from predicted labels (tagging: tag lists)."""
+    return score_labels(split.spec.metric, gold_of(split, examples), predictions)
+
+
+def decode(
+    shape: str,
+    method: str,
+    labels: list[str],
+    n_examples: int,
+    outputs: dict[int, Any],
+    rows: list[int],
+    lengths: list[int] | None = None,
+) -> tuple[list[Any], list[list[float] | None]]:
+    """Model outputs per row (``uid -> payload``; ``rows[uid]`` is the row's example) -> one
+    prediction per example, plus the option/label scores behind it (None for tagging)."""
+    import math
+
+    preds: list[Any] = [None] * n_examples
+    scores: list[Any] = [None] * n_examples
+    if method.startswith("unimc"):
+        per: list[dict[int, float]] = [{} for _ in range(n_examples)]
+        for uid, payload in outputs.items():
+            per[rows[uid]].update({int(k): float(v) for k, v in payload})
+        for i, options in enumerate(per):
+            n = max(options) + 1 if options else 0
+            vec = [options.get(k, -math.inf) for k in range(n)]
+            best = max(range(n), key=vec.__getitem__) if n else 0
+            preds[i] = str(best) if shape == "choice" else labels[best]
+            scores[i] = vec
+        return preds, scores
+    for uid, payload in outputs.items():
+        i = rows[uid]
+        if shape == "tagging":
+            tags = [labels[t] for t in payload]
+            preds[i] = tags + ["O"] * max(0, (lengths or [0] * n_examples)[i] - len(tags))
+            continue
+        best = max(range(len(payload)), key=payload.__getitem__)
+        preds[i] = str(best) if shape == "choice" else labels[best]
+        scores[i] = list(payload)
+    return preds, scores

@@ -346,6 +346,11 @@ class FinetuneConfig(Section):
         False, description="Rerun task/method/split results already in the run folder (default: reuse them)."
     )
 
+    @field_validator("submission_split", mode="before")
+    @classmethod
+    def _split_name_is_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v
+
     @model_validator(mode="after")
     def _specs_are_valid(self) -> FinetuneConfig:
         from fs_ray.tasks import TaskSpec

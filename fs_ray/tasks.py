@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from fs_ray import storage
 from fs_ray.assets import resolve_path
@@ -77,6 +77,11 @@ class TaskSpec(Section):
     metric: Literal["accuracy", "entity_f1"] = Field("accuracy", description="Dev metric.")
     submission_file: str | None = Field(None, description="Name of the leaderboard prediction file.")
     submission_key: str = Field("label", description="Key of the prediction in submission lines.")
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _split_names_are_text(cls, v: Any) -> Any:
+        return [str(x) for x in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _fields_fit_shape(self) -> TaskSpec:

@@ -4,6 +4,8 @@
 #   2. cluster/local.sh up     private Ray head + job server on 127.0.0.1:8266, token auth on
 #   3. ray job submit          prepare the shipped corpus, then pretrain + export a tiny Erlangshen
 #   4. fill a [MASK] with the exported Hugging Face folder
+#   5. ray job submit          fine-tune it on FewCLUE eprstmt (shipped): task head vs. the TF-IDF
+#                              floor on split 0 and few_all, results table + submission file
 # The cluster stays up afterwards (dashboard: http://127.0.0.1:8266); `cluster/local.sh down`
 # stops it. Outputs land in ./runs/quickstart/.
 set -euo pipefail
@@ -34,12 +36,19 @@ submit "fs_ray-pretrain-$stamp" python jobs/pretrain.py --config jobs/configs/pr
 export_dir="$out/erlangshen-tiny-$stamp/export"
 .venv/bin/python jobs/fill_mask.py "$export_dir" "今天天气很[MASK]。" "我们在北京[MASK]学。" 2>/dev/null
 
+# 4. fine-tune and evaluate on FewCLUE eprstmt (shipped with fs_ray): results table + submission
+submit "fs_ray-finetune-$stamp" python jobs/finetune.py --config jobs/configs/finetune_eprstmt_tiny.yaml \
+  --set "model.from_pretrained=$export_dir" --set "run.storage_path=$out" --set "run.name=eprstmt-$stamp" \
+  --set "task.splits=[0,few_all]" --set "methods=[head,tfidf]"
+cat "$out/eprstmt-$stamp/results.md"
+
 cat <<MSG
 
 == done
    prepared corpus : $out/prepared (manifest.json, shards/, config.yaml)
    pretraining run : $out/erlangshen-tiny-$stamp (checkpoints, metrics.jsonl, tensorboard/, config.yaml)
    exported model  : $export_dir (loads with transformers.AutoModelForMaskedLM)
+   fine-tuning     : $out/eprstmt-$stamp (results.md, submission/, eprstmt/head/split_few_all/export)
    job list        : RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=token .venv/bin/ray job list
    dashboard       : $RAY_ADDRESS
    stop the cluster: cluster/local.sh down

@@ -37,6 +37,7 @@ from fs_ray.config import to_yaml
 from fs_ray.encoding import Encoder, decode, encode_head, encode_unimc, gold_of, score_labels
 from fs_ray.run_configs import FinetuneConfig
 from fs_ray.tasks import TaskDataError, TaskSpec, TaskSplit, load_split, task_spec
+from fs_ray.training import FAIL_ENV
 
 TASK_FILE = "fs_ray_task.json"
 NEURAL = ("head", "unimc", "unimc_zero")
@@ -201,7 +202,7 @@ def finetune_loop(config: dict[str, Any]) -> dict[str, Any] | None:
 
     from fs_ray.encoding import collate_rows
     from fs_ray.models import HeadObjective, UniMCObjective, build_task_model
-    from fs_ray.training import make_engine
+    from fs_ray.training import _maybe_fail, make_engine
 
     _quiet_data()
     cfg = FinetuneConfig.model_validate(config["cfg"])
@@ -216,12 +217,13 @@ def finetune_loop(config: dict[str, Any]) -> dict[str, Any] | None:
     module = UniMCObjective(model, config["yes_id"]) if method.startswith("unimc") else HeadObjective(model)
     engine = make_engine(module, cfg, world, on_gpu, total_steps=max(1, config["total_steps"]))
 
-    epoch, history = 0, []
+    epoch, history, resumed_from = 0, [], None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
             _, client = engine.load_checkpoint(d, tag="deepspeed")
         epoch, history = int(client["epoch"]), list(client["history"])
+        resumed_from = epoch
         if rank == 0:
             print(f"[finetune] {config['label']}: resumed after epoch {epoch}", flush=True)
 
@@ -241,6 +243,7 @@ def finetune_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         ):
             if steps_left <= 0:
                 break
+            _maybe_fail(config["total_steps"] - steps_left, rank, config["marker_dir"])
             loss = engine(**_to(batch, engine.device))
             engine.backward(loss)
             engine.step()
@@ -272,7 +275,13 @@ def finetune_loop(config: dict[str, Any]) -> dict[str, Any] | None:
         final = {"epoch": epoch, "history": history}
         _report(engine, model, rank, final, {"epoch": epoch, "final": 1}, cfg, export=True, config=config)
     if rank == 0:
-        return {"dev": dev, "test": test, "history": history, "epochs_done": epoch}
+        return {
+            "dev": dev,
+            "test": test,
+            "history": history,
+            "epochs_done": epoch,
+            "resumed_from": resumed_from,
+        }
     return None
 
 
@@ -364,6 +373,7 @@ def run_neural(
         "dev_row_of": [int(r["row"]) for r in dev_rows],
         "dev_lengths": [len(ex.texts[0]) for ex in split.dev],
         "export": export,
+        "marker_dir": _run_dir(cfg) if not storage.is_uri(_run_dir(cfg)) else tempfile.gettempdir(),
         "tokenizer_json": tokenizer.to_str(),
         "task_card": {
             "task": split.name,
@@ -407,6 +417,10 @@ def run_neural(
             storage_path=train_dir,
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+            # the fault-injection hook set on the driver (or the job) reaches the workers
+            worker_runtime_env={"env_vars": {FAIL_ENV: os.environ[FAIL_ENV]}}
+            if os.environ.get(FAIL_ENV)
+            else None,
         ),
     )
     result = trainer.fit()
@@ -427,7 +441,8 @@ def run_neural(
     if export and result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             _copy_tree(os.path.join(d, "hf"), storage.join(out_dir, "export"))
-    return dev_pred, dev_scores, test_pred, out["history"], time.monotonic() - t
+    extra = {"resumed_from_epoch": out["resumed_from"]} if out["resumed_from"] is not None else {}
+    return dev_pred, dev_scores, test_pred, out["history"], time.monotonic() - t, extra
 
 
 def _copy_tree(src: str, dst: str) -> None:
@@ -454,6 +469,7 @@ def run_split(
         log(f"[finetune] {split.name}/{method}/split_{split.split}: reusing {metrics_path}")
         return cached
     history: list = []
+    extra: dict = {}
     dev_scores: list = [None] * len(split.dev)
     if method == "tfidf":
         import ray
@@ -463,7 +479,7 @@ def run_split(
         dev_pred, test_pred, seconds = preds["dev"], preds["test"], preds.get("seconds", time.monotonic() - t)
     else:
         export = cfg.export == "all" or (cfg.export == "submission" and split.split == cfg.submission_split)
-        dev_pred, dev_scores, test_pred, history, seconds = run_neural(
+        dev_pred, dev_scores, test_pred, history, seconds, extra = run_neural(
             cfg, split, method, tokenizer, out_dir, export, log
         )
     gold = gold_of(split, split.dev)
@@ -479,6 +495,7 @@ def run_split(
         "dev_examples": len(split.dev),
         "seconds": round(seconds, 1),
         "history": history,
+        **extra,
         "skipped": {r.path: {**r.skipped, **r.bad} for r in split.reports if r.skipped or r.bad},
     }
     if split.spec.test_labelled and split.test:

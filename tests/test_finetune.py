@@ -113,6 +113,7 @@ def _cfg(tmp_path: Path, *more: str) -> FinetuneConfig:
             "optim.micro_batch_size=4",
             "optim.warmup_steps=2",
             "submission_split=0",
+            "checkpoint.every_n_epochs=4",
             *more,
         ],
     )
@@ -147,7 +148,7 @@ def test_heads_and_unimc_learn_separable_tasks(ray_local, tmp_path):
     )
     assert "| sep_single | head | accuracy |" in (run_dir / "results.md").read_text(encoding="utf-8")
     metrics = json.loads((run_dir / "sep_single/head/split_0/metrics.json").read_text())
-    assert [h["epoch"] for h in metrics["history"]] == list(range(1, 17))
+    assert [h["epoch"] for h in metrics["history"]] == [4, 8, 12, 16]
 
     # FewCLUE-style submission: one {"id", "label"} line per test record, labels from the set
     sub = [json.loads(x) for x in (run_dir / "submission/head/sep_predict.json").read_text().splitlines()]
@@ -203,3 +204,26 @@ def test_unimc_trains_through_the_mlm_head_and_scores_zero_shot(ray_local, tmp_p
     preds = [json.loads(x) for x in lines.splitlines()]
     assert len(preds) == 32 and all(len(p["scores"]) == 2 for p in preds)
     assert all(p["pred"] == ["neg", "pos"][int(np.argmax(p["scores"]))] for p in preds)
+
+
+def test_killed_worker_resumes_at_the_last_evaluated_epoch(ray_local, tmp_path, monkeypatch):
+    from fs_ray.training import FAIL_ENV
+
+    _write_tasks(tmp_path / "data", n_single=64)
+    # 64 rows / batch 4 = 16 steps per epoch; checkpoints after epochs 2, 4, 6; rank 0 dies at step 40
+    monkeypatch.setenv(FAIL_ENV, "40:0")
+    cfg = _cfg(
+        tmp_path,
+        "task.names=[sep_single]",
+        "methods=[head]",
+        "optim.epochs=6",
+        "checkpoint.every_n_epochs=2",
+        "checkpoint.max_failures=1",
+    )
+    result = run(cfg, log=print)
+    run_dir = Path(result["run_dir"])
+    assert (run_dir / ".failed_at_40_0").exists()  # the worker really was killed
+    (record,) = result["records"]
+    # resumed from the epoch-2 checkpoint (step 32), not from scratch; every evaluation is there once
+    assert record["resumed_from_epoch"] == 2
+    assert [h["epoch"] for h in record["history"]] == [2, 4, 6]

@@ -1,0 +1,61 @@
+"""Evaluate a fine-tuned (or pretrained) exported model on a task's dev and test files, with no training.
+
+    python jobs/evaluate.py --set model.from_pretrained=runs/eprstmt-tiny/eprstmt/head/split_few_all/export
+    python jobs/evaluate.py --set model.from_pretrained=runs/erlangshen-tiny/export \
+        --set methods=[unimc_zero] --set task.names=[eprstmt,tnews] --set task.data_root=../shared/data
+
+A folder written by jobs/finetune.py carries fs_ray_task.json: its task, labels, method, max_len and
+truncation become the defaults (any --set still wins). A plain pretrained MLM folder is evaluated
+zero-shot with UniMC (methods=[unimc_zero]). Output, as for jobs/finetune.py: metrics, dev/test
+predictions, FewCLUE submission files and results.md under <run.storage_path>/<run.name>.
+Exit status 2: bad config, model folder or task data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fs_ray.cli import run_cli
+from fs_ray.run_configs import FinetuneConfig
+
+
+def card_defaults(argv: list[str]) -> list[str]:
+    """--set overrides implied by the model folder's fs_ray_task.json (placed first, so the user's win)."""
+    folder = next(
+        (a.split("=", 1)[1] for a in argv if a.startswith("model.from_pretrained=")),
+        None,
+    )
+    card_path = Path(folder or "") / "fs_ray_task.json"
+    defaults = ["optim.epochs=0", "run.name=evaluate"]
+    if folder and card_path.is_file():
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        method = "unimc_zero" if card["method"].startswith("unimc") else card["method"]
+        defaults += [
+            f"task.names=[{card['task']}]",
+            f"methods=[{method}]",
+            f"task.max_len={card['max_len']}",
+            f"task.truncation={card['truncation']}",
+        ]
+    elif folder:
+        defaults.append("methods=[unimc_zero]")
+    return defaults
+
+
+def main(cfg: FinetuneConfig) -> int:
+    from fs_ray.finetune import FinetuneError, run
+
+    try:
+        run(cfg)
+    except FinetuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    sets = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--set"]
+    implied = [x for d in card_defaults(sets) for x in ("--set", d)]
+    sys.exit(run_cli(FinetuneConfig, main, __doc__, argv=implied + args))

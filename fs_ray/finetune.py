@@ -74,7 +74,7 @@ def plan(cfg: FinetuneConfig) -> dict[str, Any]:
 
     specs = _specs(cfg)
     for name, spec in specs.items():
-        if spec.shape == "tagging" and any(m.startswith("unimc") for m in cfg.methods):
+        if spec.shape == "tagging" and any(m.startswith("unimc") for m in cfg.for_task(name).methods):
             raise FinetuneError(f"methods: UniMC scores options; task {name} is tagging (use head or tfidf)")
     if cfg.model.from_pretrained and not os.path.isdir(resolve_path(cfg.model.from_pretrained)):
         raise FinetuneError(f"model.from_pretrained: {cfg.model.from_pretrained} is not a folder")
@@ -93,10 +93,11 @@ def plan(cfg: FinetuneConfig) -> dict[str, Any]:
     splits: dict[str, dict[str, TaskSplit]] = {}
     for name, spec in specs.items():
         splits[name] = {}
-        for split in splits_of(cfg, spec):
+        tcfg = cfg.for_task(name)
+        for split in splits_of(tcfg, spec):
             try:
                 splits[name][split] = load_split(
-                    name, spec, cfg.task.data_root, split, cfg.task.max_bad_fraction
+                    name, spec, tcfg.task.data_root, split, tcfg.task.max_bad_fraction
                 )
             except (TaskDataError, OSError) as err:
                 raise FinetuneError(f"task {name}, split {split}: {err}") from None
@@ -658,15 +659,15 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
     if not ray.is_initialized():
         ray.init()
     _quiet_data()
-    n_runs = sum(len(s) for s in p["splits"].values()) * len(cfg.methods)
+    n_runs = sum(len(s) * len(cfg.for_task(n).methods) for n, s in p["splits"].items())
     log(
-        f"[finetune] {len(p['specs'])} task(s) x {len(cfg.methods)} method(s) ({', '.join(cfg.methods)}) = {n_runs} runs "
+        f"[finetune] {len(p['specs'])} task(s) x method(s) ({', '.join(cfg.methods)}) = {n_runs} runs "
         f"from {cfg.model.from_pretrained or f'scratch ({cfg.model.family}/{cfg.model.preset})'} -> {run_dir}"
     )
     tfidf = ray.remote(num_cpus=1)(_tfidf_task)
     futures = {}
-    if "tfidf" in cfg.methods:  # the floor runs beside the neural runs, on spare CPUs
-        for name, splits in p["splits"].items():
+    for name, splits in p["splits"].items():  # the floor runs beside the neural runs, on spare CPUs
+        if "tfidf" in cfg.for_task(name).methods:
             for split_name, split in splits.items():
                 done = storage.exists(
                     storage.join(run_dir, name, "tfidf", f"split_{split_name}", "metrics.json")

@@ -345,6 +345,10 @@ class FinetuneConfig(Section):
     overwrite: bool = Field(
         False, description="Rerun task/method/split results already in the run folder (default: reuse them)."
     )
+    per_task: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per-task overrides in --set form, e.g. {iflytek: [optim.epochs=3, task.max_len=256]}.",
+    )
 
     @field_validator("submission_split", mode="before")
     @classmethod
@@ -360,7 +364,27 @@ class FinetuneConfig(Section):
                 TaskSpec.model_validate(spec)
             except Exception as err:
                 raise ValueError(f"task_specs.{name}: {err}") from None
+        for name, overrides in self.per_task.items():
+            if name not in self.task.names:
+                raise ValueError(f"per_task.{name}: not among task.names {self.task.names}")
+            keys = [o.split("=", 1)[0].strip() for o in overrides]
+            if any(k in ("task.names", "per_task") or k.startswith(("run.", "tokenizer.")) for k in keys):
+                raise ValueError(f"per_task.{name}: task.names, run.*, tokenizer.* and per_task are run-wide")
+            try:
+                self.for_task(name)
+            except ConfigError as err:
+                raise ValueError(f"per_task.{name}: {err}") from None
         return self
+
+    def for_task(self, name: str) -> FinetuneConfig:
+        """This config with ``per_task[name]`` applied (the config itself when there is none)."""
+        from fs_ray.config import apply_overrides, validate
+
+        if not self.per_task.get(name):
+            return self
+        data = apply_overrides(self.model_dump(mode="json"), self.per_task[name])
+        data["per_task"] = {}
+        return validate(FinetuneConfig, data, f"per_task.{name}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -313,3 +313,23 @@ def test_submission_lines_follow_fewclue(tmp_path):
     assert path.endswith("submission/head/chidf_predict.json")
     lines = [json.loads(x) for x in Path(path).read_text().splitlines()]
     assert lines == [{"id": ex.id, "answer": 3} for ex in s.test]
+
+
+def test_per_task_overrides_apply_to_that_task_only():
+    from fs_ray.config import ConfigError
+
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [
+            "task.names=[eprstmt, tnews]",
+            "optim.epochs=10",
+            "per_task={tnews: [optim.epochs=3, 'task.splits=[0]']}",
+        ],
+    )
+    assert cfg.for_task("tnews").optim.epochs == 3 and cfg.for_task("tnews").task.splits == ["0"]
+    assert cfg.for_task("eprstmt").optim.epochs == 10 and cfg.for_task("eprstmt") is cfg
+    with pytest.raises(ConfigError, match=r"(?s)per_task\.tnews: .*optim\.epochs: Input should be greater than or equal to 0"):
+        load_config(FinetuneConfig, None, ["task.names=[tnews]", "per_task={tnews: [optim.epochs=-1]}"])
+    with pytest.raises(ConfigError, match=r"per_task\.iflytek: not among task\.names"):
+        load_config(FinetuneConfig, None, ["per_task={iflytek: [optim.epochs=3]}"])

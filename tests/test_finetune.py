@@ -177,6 +177,22 @@ def test_heads_and_unimc_learn_separable_tasks(ray_local, tmp_path):
         logits = model(**batch).logits
     assert [model.config.id2label[int(i)] for i in logits.argmax(-1)] == [p["pred"] for p in preds]
 
+    # jobs/evaluate.py on the export (no training) scores dev exactly as the fine-tuning run did
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_job", Path(__file__).parents[1] / "jobs/evaluate.py"
+    )
+    evaluate_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate_job)
+    implied = evaluate_job.card_defaults([f"model.from_pretrained={export}"])
+    assert (
+        "methods=[head]" in implied and "task.names=[sep_single]" in implied and "optim.epochs=0" in implied
+    )
+    ev = run(_cfg(tmp_path, f"model.from_pretrained={export}", *implied), log=print)
+    (ev_record,) = ev["records"]
+    assert ev_record["history"] == [] and ev_record["value"] == pytest.approx(values[("sep_single", "head")])
+
     # rerunning the same command reuses every finished run instead of training again
     lines: list[str] = []
     again = run(cfg, log=lines.append)

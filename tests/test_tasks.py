@@ -329,7 +329,9 @@ def test_per_task_overrides_apply_to_that_task_only():
     )
     assert cfg.for_task("tnews").optim.epochs == 3 and cfg.for_task("tnews").task.splits == ["0"]
     assert cfg.for_task("eprstmt").optim.epochs == 10 and cfg.for_task("eprstmt") is cfg
-    with pytest.raises(ConfigError, match=r"(?s)per_task\.tnews: .*optim\.epochs: Input should be greater than or equal to 0"):
+    with pytest.raises(
+        ConfigError, match=r"(?s)per_task\.tnews: .*optim\.epochs: Input should be greater than or equal to 0"
+    ):
         load_config(FinetuneConfig, None, ["task.names=[tnews]", "per_task={tnews: [optim.epochs=-1]}"])
     with pytest.raises(ConfigError, match=r"per_task\.iflytek: not among task\.names"):
         load_config(FinetuneConfig, None, ["per_task={iflytek: [optim.epochs=3]}"])

@@ -329,7 +329,14 @@ def _rows(
 
 
 def run_neural(
-    cfg: FinetuneConfig, split: TaskSplit, method: str, tokenizer, out_dir: str, export: bool, log=print
+    cfg: FinetuneConfig,
+    split: TaskSplit,
+    method: str,
+    tokenizer,
+    out_dir: str,
+    export: bool,
+    log=print,
+    predict_test: bool = True,
 ):
     """One TorchTrainer run; returns (dev predictions, dev scores, test predictions, history, seconds)."""
     import ray
@@ -339,7 +346,8 @@ def run_neural(
     enc = Encoder(tokenizer, cfg.task.max_len, cfg.task.truncation)
     train_rows = _rows(split, split.train, enc, method, True, True, cfg) if method != "unimc_zero" else []
     dev_rows = _rows(split, split.dev, enc, method, True, False, cfg)
-    test_rows = _rows(split, split.test, enc, method, split.spec.test_labelled, False, cfg)
+    tests = split.test if predict_test else []
+    test_rows = _rows(split, tests, enc, method, split.spec.test_labelled, False, cfg)
     world = cfg.scaling.num_workers
     epochs = 0 if method == "unimc_zero" else math.ceil(cfg.optim.epochs)
     if epochs and len(train_rows) < world:
@@ -399,7 +407,7 @@ def run_neural(
         storage.remove_tree(storage.join(train_dir, run_name))  # start over instead of resuming
     t = time.monotonic()
     log(
-        f"[finetune] {label}: {len(split.train)} train / {len(split.dev)} dev / {len(split.test)} test records, "
+        f"[finetune] {label}: {len(split.train)} train / {len(split.dev)} dev / {len(tests)} test records, "
         f"{epochs} epoch(s) x {steps_per_epoch} steps on {world} worker(s)"
     )
     trainer = TorchTrainer(
@@ -436,8 +444,8 @@ def run_neural(
         config["dev_lengths"],
     )
     test_pred, _ = decode(
-        split.spec.shape, method, split.labels, len(split.test), out["test"],
-        [int(r["row"]) for r in test_rows], [len(ex.texts[0]) for ex in split.test],
+        split.spec.shape, method, split.labels, len(tests), out["test"],
+        [int(r["row"]) for r in test_rows], [len(ex.texts[0]) for ex in tests],
     )  # fmt: skip
     if export and result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
@@ -461,8 +469,17 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def run_split(
-    cfg, split: TaskSplit, method: str, tokenizer, run_dir: str, log=print, tfidf_future=None
+    cfg,
+    split: TaskSplit,
+    method: str,
+    tokenizer,
+    run_dir: str,
+    log=print,
+    tfidf_future=None,
+    predict_test: bool = True,
 ) -> dict:
+    """One task/method/split: train (or fit), score dev, predict test when ``predict_test`` (the
+    submission split, or a labelled test set); write metrics and predictions; reuse if done."""
     out_dir = storage.join(run_dir, split.name, method, f"split_{split.split}")
     metrics_path = storage.join(out_dir, "metrics.json")
     if storage.exists(metrics_path) and not cfg.overwrite:
@@ -479,9 +496,9 @@ def run_split(
         preds = ray.get(tfidf_future)
         dev_pred, test_pred, seconds = preds["dev"], preds["test"], preds.get("seconds", time.monotonic() - t)
     else:
-        export = cfg.export == "all" or (cfg.export == "submission" and split.split == cfg.submission_split)
+        export = cfg.export == "all" or (cfg.export == "submission" and predict_test)
         dev_pred, dev_scores, test_pred, history, seconds, extra = run_neural(
-            cfg, split, method, tokenizer, out_dir, export, log
+            cfg, split, method, tokenizer, out_dir, export, log, predict_test
         )
     gold = gold_of(split, split.dev)
     metrics = score_labels(split.spec.metric, gold, dev_pred)
@@ -499,7 +516,9 @@ def run_split(
         **extra,
         "skipped": {r.path: {**r.skipped, **r.bad} for r in split.reports if r.skipped or r.bad},
     }
-    if split.spec.test_labelled and split.test:
+    tests = split.test if predict_test else []
+    test_pred = test_pred[: len(tests)]
+    if split.spec.test_labelled and tests:
         record["test_metrics"] = score_labels(split.spec.metric, gold_of(split, split.test), test_pred)
     storage.write_text(
         storage.join(out_dir, "dev_predictions.jsonl"),
@@ -512,7 +531,7 @@ def run_split(
     )
     storage.write_text(
         storage.join(out_dir, "test_predictions.jsonl"),
-        _jsonl([{"id": ex.id, "pred": p} for ex, p in zip(split.test, test_pred, strict=True)]),
+        _jsonl([{"id": ex.id, "pred": p} for ex, p in zip(tests, test_pred, strict=True)]),
     )
     storage.write_text(metrics_path, json.dumps(record, ensure_ascii=False, indent=2))
     log(
@@ -676,15 +695,16 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
                     futures[(name, split_name)] = tfidf.remote(split)
     records, submissions = [], []
     for name, splits in p["splits"].items():
-        for method in cfg.methods:
+        tcfg = cfg.for_task(name)
+        sub_split = splits.get(cfg.submission_split) or list(splits.values())[-1]
+        for method in tcfg.methods:
             for split_name, split in splits.items():
+                future = futures.get((name, split_name))
+                predict_test = split is sub_split or split.spec.test_labelled
                 records.append(
-                    run_split(
-                        cfg, split, method, p["tokenizer"], run_dir, log, futures.get((name, split_name))
-                    )
+                    run_split(tcfg, split, method, p["tokenizer"], run_dir, log, future, predict_test)
                 )
                 write_results(run_dir, records)
-            sub_split = splits.get(cfg.submission_split) or list(splits.values())[-1]
             path = write_submission(run_dir, sub_split, method)
             if path:
                 submissions.append(path)

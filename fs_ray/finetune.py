@@ -587,9 +587,9 @@ def results_markdown(summary: list[dict], records: list[dict]) -> str:
     ]
     for s in summary:
         spread = f"{pct(s['mean'])} ± {pct(s['std'])} (n={s['splits']})" if s["mean"] is not None else ""
-        cells = " | ".join(pct(s.get(k)) for k in extra)
+        cells = "".join(f"{pct(s.get(k))} | " for k in extra)
         lines.append(
-            f"| {s['task']} | {s['method']} | {s['metric']} | {spread} | {cells} | {s['seconds']:.0f} |"
+            f"| {s['task']} | {s['method']} | {s['metric']} | {spread} | {cells}{s['seconds']:.0f} |"
         )
     tasks = {s["task"] for s in summary}
     methods = sorted({s["method"] for s in summary})

@@ -29,6 +29,7 @@ STATE_FILE = "fs_ray_state.json"
 PROBE_FILE = "export_probe.pt"
 DS_TAG = "deepspeed"
 FAIL_ENV = "FS_RAY_FAIL_AT_STEP"  # test hook: "<step>:<rank>" kills that worker once (SIGKILL)
+FAIL_GRACE_S = 5.0
 
 
 def resolve_precision(precision: str, on_gpu: bool) -> str:
@@ -156,7 +157,11 @@ def _maybe_fail(step: int, rank: int, marker_dir: str) -> None:
     marker = os.path.join(marker_dir, f".failed_at_{at_step}_{at_rank}")
     if step == at_step and rank == at_rank and not os.path.exists(marker):
         open(marker, "w").close()
-        print(f"[pretrain] {FAIL_ENV}: killing rank {rank} at step {step}", flush=True)
+        # Ray Train's controller collects reports on a ~2 s poll: dying within it of a report
+        # would lose that checkpoint too (correctly, but then the test could not tell which one
+        # the run resumes from). FAIL_GRACE_S keeps the hook's outcome deterministic.
+        time.sleep(FAIL_GRACE_S)
+        print(f"[fs_ray] {FAIL_ENV}: killing rank {rank} at step {step}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -20,7 +20,7 @@ from fs_ray.encoding import (
     entity_f1,
     option_groups,
 )
-from fs_ray.finetune import FinetuneError, plan, summarize, write_submission
+from fs_ray.finetune import FinetuneError, plan, results_markdown, summarize, write_submission
 from fs_ray.run_configs import FinetuneConfig
 from fs_ray.tasks import BUILTIN_TASKS, TaskDataError, TaskSpec, load_split, read_file, task_spec
 from fs_ray.tokenization import load_tokenizer
@@ -297,6 +297,9 @@ def test_five_split_summary_is_mean_and_sample_std():
         }
     ]
     (row,) = summarize(records)
+    table = results_markdown([row], records).splitlines()
+    assert table[2].startswith("| t | head | accuracy | 60.0 ± 7.9 (n=5) | 90.0 | 7 |")
+    assert len({line.count("|") for line in table[:3]}) == 1  # every row has the header's columns
     assert row["mean"] == pytest.approx(statistics.fmean(values))
     assert row["std"] == pytest.approx(statistics.stdev(values))
     assert row["splits"] == 5 and row["few_all"] == 0.9 and row["seconds"] == 7.0

@@ -4,7 +4,7 @@ Each neural run (``head``, ``unimc``, ``unimc_zero``) is its own Ray Train ``Tor
 the same DeepSpeed engine code as pretraining (:func:`fs_ray.training.make_engine`): the encoded
 training rows stream to the workers through Ray Data, dev is evaluated on every worker's share
 every ``checkpoint.every_n_epochs`` and checkpointed, so a killed worker or driver resumes at the
-last evaluated epoch. The TF-IDF floor runs as Ray tasks beside them.
+last evaluated epoch. The TF-IDF floor runs as a Ray task in its turn (all at once they would starve the trainers).
 
 Run folder (``<storage_path>/<run.name>/``)::
 
@@ -493,7 +493,7 @@ def run_split(
         import ray
 
         t = time.monotonic()
-        preds = ray.get(tfidf_future)
+        preds = ray.get(tfidf_future())
         dev_pred, test_pred, seconds = preds["dev"], preds["test"], preds.get("seconds", time.monotonic() - t)
     else:
         export = cfg.export == "all" or (cfg.export == "submission" and predict_test)
@@ -684,22 +684,15 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
         f"from {cfg.model.from_pretrained or f'scratch ({cfg.model.family}/{cfg.model.preset})'} -> {run_dir}"
     )
     tfidf = ray.remote(num_cpus=1)(_tfidf_task)
-    futures = {}
-    for name, splits in p["splits"].items():  # the floor runs beside the neural runs, on spare CPUs
-        if "tfidf" in cfg.for_task(name).methods:
-            for split_name, split in splits.items():
-                done = storage.exists(
-                    storage.join(run_dir, name, "tfidf", f"split_{split_name}", "metrics.json")
-                )
-                if cfg.overwrite or not done:
-                    futures[(name, split_name)] = tfidf.remote(split)
+    # One TF-IDF task at a time, when its turn comes: submitted all at once, they would hold every
+    # CPU and starve the next TorchTrainer's worker group (its start times out after 60 s).
     records, submissions = [], []
     for name, splits in p["splits"].items():
         tcfg = cfg.for_task(name)
         sub_split = splits.get(cfg.submission_split) or list(splits.values())[-1]
         for method in tcfg.methods:
-            for split_name, split in splits.items():
-                future = futures.get((name, split_name))
+            for split in splits.values():
+                future = (lambda s=split: tfidf.remote(s)) if method == "tfidf" else None
                 predict_test = split is sub_split or split.spec.test_labelled
                 records.append(
                     run_split(tcfg, split, method, p["tokenizer"], run_dir, log, future, predict_test)

@@ -705,3 +705,15 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
     log(f"[finetune] results: {storage.join(run_dir, 'results.md')}")
     log(results_markdown(summary, records))
     return {"run_dir": run_dir, "records": records, "summary": summary, "submissions": submissions}
+
+
+def main(cfg: FinetuneConfig) -> int:
+    """Front-end entry point shared by jobs/finetune.py and jobs/evaluate.py: exit 2 on a run that cannot start."""
+    import sys
+
+    try:
+        run(cfg)
+    except FinetuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

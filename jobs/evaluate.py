@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from fs_ray.cli import run_cli
+from fs_ray.finetune import main
 from fs_ray.run_configs import FinetuneConfig
 
 
@@ -41,17 +42,6 @@ def card_defaults(argv: list[str]) -> list[str]:
     elif folder:
         defaults.append("methods=[unimc_zero]")
     return defaults
-
-
-def main(cfg: FinetuneConfig) -> int:
-    from fs_ray.finetune import FinetuneError, run
-
-    try:
-        run(cfg)
-    except FinetuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
 
 if __name__ == "__main__":

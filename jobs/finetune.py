@@ -19,19 +19,8 @@ from __future__ import annotations
 import sys
 
 from fs_ray.cli import run_cli
+from fs_ray.finetune import main
 from fs_ray.run_configs import FinetuneConfig
-
-
-def main(cfg: FinetuneConfig) -> int:
-    from fs_ray.finetune import FinetuneError, run
-
-    try:
-        run(cfg)
-    except FinetuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
-
 
 if __name__ == "__main__":
     sys.exit(run_cli(FinetuneConfig, main, __doc__))

@@ -361,8 +361,12 @@ def run_neural(
     vocab = tokenizer.get_vocab_size(with_added_tokens=True)
     from fs_ray.tokenization import special_ids
 
+    worker_cfg = cfg.model_dump(mode="json")
+    start = cfg.model.from_pretrained
+    if start and not storage.is_uri(start):  # workers run in their own working directories
+        worker_cfg["model"]["from_pretrained"] = os.path.abspath(resolve_path(start))
     config = {
-        "cfg": cfg.model_dump(mode="json"),
+        "cfg": worker_cfg,
         "method": method,
         "shape": split.spec.shape,
         "labels": split.labels,

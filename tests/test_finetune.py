@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 from pathlib import Path
 
@@ -189,7 +190,9 @@ def test_heads_and_unimc_learn_separable_tasks(ray_local, tmp_path):
     assert (
         "methods=[head]" in implied and "task.names=[sep_single]" in implied and "optim.epochs=0" in implied
     )
-    ev = run(_cfg(tmp_path, f"model.from_pretrained={export}", *implied), log=print)
+    # given relative to the driver's working directory, as users type it (workers run elsewhere)
+    relative = os.path.relpath(export)
+    ev = run(_cfg(tmp_path, f"model.from_pretrained={relative}", *implied), log=print)
     (ev_record,) = ev["records"]
     assert ev_record["history"] == [] and ev_record["value"] == pytest.approx(values[("sep_single", "head")])
 

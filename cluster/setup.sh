@@ -23,6 +23,17 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 
+if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
+  # the web page test runs headless Debian chromium (a browser download is not possible here)
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  if command -v apt-get >/dev/null; then
+    echo "== installing Debian chromium for the web page test"
+    $sudo apt-get install -y -q chromium >/dev/null || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+  else
+    echo "== warning: no apt-get; install chromium at /usr/bin/chromium for tests/test_serve.py" >&2
+  fi
+fi
+
 stamp="$venv/.fs_ray-setup"
 want="$(cat pyproject.toml | sha256sum | cut -c1-16) $torch_spec $extras"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then

@@ -436,28 +436,105 @@ class TuneConfig(Section):
 # ----------------------------------------------------------------------------------------------
 # serve: Ray Serve endpoints
 # ----------------------------------------------------------------------------------------------
+class ServeModels(Section):
+    fill_mask: str | None = Field(
+        None,
+        description="Exported masked-LM folder (Erlangshen): /v1/fill-mask and UniMC zero-shot /v1/zero-shot.",
+    )
+    tasks: str | None = Field(
+        None,
+        description="A fine-tuned export (classifier or BIO tagger), or a folder of them: each subfolder "
+        "with a config.json is one model id, multiplexed on one deployment (/v1/classify, /v1/ner).",
+    )
+    default_task_model: str | None = Field(
+        None, description="Model id used when a request names none (default: the first id, sorted)."
+    )
+    generate: str | None = Field(
+        None, description="Causal LM (Wenzhong/Yuyuan GPT2) or seq2seq (Randeng T5) folder: /v1/generate."
+    )
+
+
+class ServeBatching(Section):
+    max_batch_size: PositiveInt = Field(
+        16, description="@serve.batch: most requests answered by one forward pass (1 turns batching off)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="@serve.batch: longest wait for a batch to fill after its first request."
+    )
+    max_ongoing_requests: PositiveInt = Field(
+        64,
+        description="Requests a model replica accepts at once; must be >= max_batch_size or batches never fill.",
+    )
+
+
+class ServeLimits(Section):
+    max_input_chars: PositiveInt = Field(512, description="Longest text (characters) a request may carry.")
+    overlong: Literal["reject", "truncate"] = Field(
+        "reject", description="Longer texts: reject with 413, or cut to max_input_chars."
+    )
+    max_items: PositiveInt = Field(64, description="Most texts in one request (more: 413).")
+    max_new_tokens: PositiveInt = Field(128, description="Upper bound on generate's max_new_tokens.")
+    default_new_tokens: PositiveInt = Field(32, description="generate's max_new_tokens when a request gives none.")
+
+
+class ServeReplicas(Section):
+    min_replicas: NonNegInt = Field(1, description="Autoscaling lower bound per model deployment.")
+    max_replicas: PositiveInt = Field(2, description="Autoscaling upper bound per model deployment.")
+    target_ongoing_requests: float = Field(
+        32.0, gt=0, description="Autoscaling target: ongoing requests per replica before adding one."
+    )
+    num_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each model replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (fractions share a GPU).")
+    torch_threads: NonNegInt = Field(0, description="torch threads per model replica (0: torch's default).")
+    gateway_cpus: float = Field(0.1, ge=0, description="CPUs reserved by each gateway (HTTP/gRPC ingress) replica.")
+    max_task_models: PositiveInt = Field(
+        4, description="Fine-tuned models a replica keeps loaded (LRU: the least recently used is evicted)."
+    )
+
+
 class ServeConfig(Section):
-    """Serve exported Hugging Face folders over HTTP and gRPC."""
+    """Serve exported Hugging Face folders over HTTP and gRPC with Ray Serve."""
 
     kind: Literal["serve"] = "serve"
-    model_dir: str = Field("runs/fs_ray/export", description="Exported Hugging Face folder to serve.")
-    task: Literal["fill-mask", "text-classification", "text-generation", "zero-shot", "ner"] = Field(
-        "fill-mask", description="Which endpoint to run."
-    )
-    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    name: str = Field("fs_ray", description="Serve application name (gRPC metadata `application`).")
+    route_prefix: str = Field("/", description="HTTP route prefix of the application.")
+    models: ServeModels = Field(default_factory=ServeModels, description="What to serve (at least one).")
+    host: str = Field("127.0.0.1", description="HTTP bind address (0.0.0.0 to listen on every interface).")
     http_port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
-    grpc_port: int = Field(9000, ge=1, le=65535, description="gRPC port.")
-    max_batch_size: PositiveInt = Field(16, description="@serve.batch max batch size.")
-    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch wait for a batch to fill.")
-    max_input_chars: PositiveInt = Field(512, description="Longer inputs are rejected with 413.")
-    min_replicas: NonNegInt = Field(1, description="Autoscaling lower bound.")
-    max_replicas: PositiveInt = Field(2, description="Autoscaling upper bound.")
-    num_cpus_per_replica: float = Field(1.0, gt=0, description="CPUs per replica.")
-    num_gpus_per_replica: float = Field(0.0, ge=0, description="GPUs per replica.")
+    grpc_port: int = Field(9000, ge=0, le=65535, description="gRPC port (0: no gRPC).")
+    batching: ServeBatching = Field(default_factory=ServeBatching, description="Dynamic batching.")
+    limits: ServeLimits = Field(default_factory=ServeLimits, description="Request limits (4xx past them).")
+    replicas: ServeReplicas = Field(default_factory=ServeReplicas, description="Resources and autoscaling.")
     auth_token_env: str = Field(
         "FS_RAY_SERVE_TOKEN",
-        description="Env var holding a bearer token required on inference routes when set.",
+        description="Env var (on the replicas) holding a bearer token required on inference routes when set.",
     )
+    auth_token_file: str | None = Field(
+        None, description="File holding the bearer token (e.g. a mounted Kubernetes secret); wins over the env var."
+    )
+
+    @field_validator("route_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must start with '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServeConfig:
+        m = self.models
+        if not (m.fill_mask or m.tasks or m.generate):
+            raise ValueError("models: give at least one of fill_mask, tasks, generate")
+        if self.batching.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"batching.max_ongoing_requests ({self.batching.max_ongoing_requests}) must be >= "
+                f"batching.max_batch_size ({self.batching.max_batch_size}), or batches can never fill"
+            )
+        if self.replicas.min_replicas > self.replicas.max_replicas:
+            raise ValueError("replicas.min_replicas must be <= replicas.max_replicas")
+        if self.limits.default_new_tokens > self.limits.max_new_tokens:
+            raise ValueError("limits.default_new_tokens must be <= limits.max_new_tokens")
+        return self
 
 
 CONFIG_KINDS: dict[str, type[Section]] = {

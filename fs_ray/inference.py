@@ -1,0 +1,363 @@
+"""Inference on exported Hugging Face folders: what the Serve replicas run, callable directly.
+
+Every class takes a folder written by fs_ray (pretraining export, fine-tuning export) or any
+Hugging Face folder of the same architectures with a ``tokenizer.json``/``vocab.txt``, and works
+on lists of inputs so a caller (``@serve.batch``) can hand it a whole batch at once.
+
+- :class:`MaskedLM` — fill-mask, and UniMC-style zero-shot classification (the candidate labels
+  rendered behind ``[MASK]``s and scored by the MLM logit of "是", exactly as fine-tuning scores them).
+- :class:`TaskModel` — a fine-tuned classifier or BIO tagger (``fs_ray_task.json`` says which,
+  with its labels, max_len and truncation, so serving encodes inputs as training did).
+- :class:`Generator` — a causal LM (Wenzhong/Yuyuan GPT2) or seq2seq model (Randeng T5).
+
+Bad input raises :class:`InputError` naming the field; the Serve layer turns it into a 4xx.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fs_ray.encoding import YES, Encoder, option_groups, render_unimc
+from fs_ray.tokenization import load_tokenizer
+
+TASK_FILE = "fs_ray_task.json"
+MASK = "[MASK]"
+_CJK_SPACE = re.compile(r"(?<=[^\x00-\x7f]) (?=[^\x00-\x7f])|(?<=[^\x00-\x7f]) (?=[\x00-\x7f])|(?<=[\x00-\x7f]) (?=[^\x00-\x7f])")
+
+
+class InputError(ValueError):
+    """A request the model cannot answer; ``field`` names the offending input."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.status = status
+
+
+def read_card(folder: str) -> dict | None:
+    path = os.path.join(folder, TASK_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_config(folder: str) -> dict:
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{folder} is not a Hugging Face model folder (no config.json)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def model_kind(folder: str) -> str:
+    """``mlm``, ``classifier``, ``tagger``, ``choice``, ``clm`` or ``seq2seq``, from config.json
+    (and the fine-tuning card, which tells a UniMC-trained MLM classifier from a plain MLM)."""
+    arch = " ".join(read_config(folder).get("architectures") or [])
+    card = read_card(folder)
+    if card and str(card.get("method", "")).startswith("unimc"):
+        return "classifier"
+    for key, kind in (
+        ("ForSequenceClassification", "classifier"),
+        ("ForTokenClassification", "tagger"),
+        ("ForMultipleChoice", "choice"),
+        ("ForMaskedLM", "mlm"),
+        ("ForCausalLM", "clm"),
+        ("LMHeadModel", "clm"),
+        ("ForConditionalGeneration", "seq2seq"),
+    ):
+        if key in arch:
+            return kind
+    raise ValueError(f"{folder}: unsupported architecture {arch or '(none in config.json)'}")
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+
+
+def _pad_batch(seqs: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def _stack_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
+    """Rows padded to max_len -> tensors trimmed to the longest real sequence."""
+    mask = np.stack([r["attention_mask"] for r in rows])
+    longest = int(mask.sum(axis=1).max())
+    return {
+        k: torch.from_numpy(np.stack([r[k] for r in rows])[:, :longest].copy())
+        for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+
+
+def _softmax(xs: list[float]) -> list[float]:
+    m = max(xs)
+    e = [math.exp(x - m) for x in xs]
+    s = sum(e)
+    return [v / s for v in e]
+
+
+def _ranked(labels: list[str], probs: list[float]) -> list[tuple[str, float]]:
+    return sorted(zip(labels, probs, strict=True), key=lambda p: -p[1])
+
+
+@dataclass
+class _Base:
+    folder: str
+    max_len: int = 512
+
+    def _load_tokenizer(self) -> None:
+        self.tokenizer = load_tokenizer(self.folder)
+        model_max = int(self.config.get("max_position_embeddings") or self.config.get("n_positions") or 512)
+        self.max_len = min(self.max_len, model_max)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(os.path.normpath(self.folder))
+
+
+class MaskedLM(_Base):
+    """Fill-mask and UniMC zero-shot on an exported MLM (Erlangshen, Zhouwenwang-style encoders)."""
+
+    def __init__(self, folder: str, max_len: int = 512, truncation: str = "head"):
+        from transformers import AutoModelForMaskedLM
+
+        super().__init__(folder, max_len)
+        self.config = read_config(folder)
+        self._load_tokenizer()
+        self.model = AutoModelForMaskedLM.from_pretrained(folder, local_files_only=True).eval()
+        self.enc = Encoder(self.tokenizer, self.max_len, truncation)
+        if self.enc.mask is None:
+            raise ValueError(f"{folder}: the vocabulary has no {MASK}")
+        special = [self.enc.pad, self.enc.cls, self.enc.sep, self.enc.mask, self.enc.unk]
+        self._banned = torch.tensor([i for i in special if i is not None], dtype=torch.long)
+
+    def encode_masked(self, text: str, field: str = "text") -> list[int]:
+        pieces = text.split(MASK)
+        if len(pieces) < 2:
+            raise InputError(field, f"has no {MASK} to fill")
+        ids: list[int] = []
+        for i, piece in enumerate(pieces):
+            if i:
+                ids.append(self.enc.mask)
+            ids += self.enc.ids(piece)
+        if len(ids) > self.max_len - 2:
+            first = ids.index(self.enc.mask)
+            start = max(0, min(first - (self.max_len - 2) // 2, len(ids) - (self.max_len - 2)))
+            ids = ids[start : start + self.max_len - 2]  # a window around the first [MASK]
+        return [self.enc.cls, *ids, self.enc.sep]
+
+    @torch.no_grad()
+    def fill_mask(self, texts: list[str], top_k: int = 5) -> list[list[list[tuple[str, float]]]]:
+        """For each text, for each ``[MASK]`` left to right: the ``top_k`` (token, probability)."""
+        seqs = [self.encode_masked(t, f"texts[{i}]") for i, t in enumerate(texts)]
+        batch = _pad_batch(seqs, self.enc.pad)
+        logits = self.model(**batch).logits.float()
+        logits[..., self._banned] = float("-inf")
+        probs = logits.softmax(-1)
+        out = []
+        for i, seq in enumerate(seqs):
+            per_mask = []
+            for pos in [p for p, t in enumerate(seq) if t == self.enc.mask]:
+                top = probs[i, pos].topk(top_k)
+                per_mask.append(
+                    [
+                        (self.tokenizer.id_to_token(int(t)).removeprefix("##"), float(s))
+                        for s, t in zip(top.values, top.indices, strict=True)
+                    ]
+                )
+            out.append(per_mask)
+        return out
+
+    @torch.no_grad()
+    def option_scores(self, passages: list[str], options: list[str], question: str = "") -> list[float]:
+        """UniMC: the MLM logit of "是" at each option's ``[MASK]``, options split over as many
+        inputs as they need (as fine-tuning evaluates them)."""
+        if self.enc.yes is None:
+            raise ValueError(f"{self.folder}: UniMC needs '{YES}' in the vocabulary")
+        option_ids = [self.enc.cut(self.enc.ids(o), self.max_len // 2 - 1) for o in options]
+        question_ids = self.enc.ids(question)
+        passage_ids = [self.enc.ids(p) for p in passages]
+        rows, where = [], []
+        for group in option_groups(option_ids, self.max_len // 2):
+            row, positions = render_unimc(self.enc, option_ids, group, question_ids, passage_ids)
+            rows.append(row)
+            where.append(list(zip(group, positions, strict=True)))
+        batch = _stack_rows(rows)
+        base = getattr(self.model, self.model.base_model_prefix)
+        hidden = base(**batch).last_hidden_state
+        scores = [0.0] * len(options)
+        for r, pairs in enumerate(where):
+            picked = hidden[r, [p for _, p in pairs]]
+            yes = self.model.cls(picked)[:, self.enc.yes].float()
+            for (option, _), value in zip(pairs, yes.tolist(), strict=True):
+                scores[option] = value
+        return scores
+
+    def zero_shot(self, text: str, labels: list[str], question: str = "") -> list[tuple[str, float]]:
+        """Candidate labels ranked by probability (softmax over their UniMC scores)."""
+        if len(labels) < 2:
+            raise InputError("labels", "give at least two candidate labels")
+        if len(set(labels)) != len(labels):
+            raise InputError("labels", "candidate labels must differ")
+        return _ranked(labels, _softmax(self.option_scores([text], labels, question)))
+
+
+class TaskModel(_Base):
+    """A fine-tuned export: sequence classifier (single/pair/coref), UniMC classifier or BIO tagger."""
+
+    def __init__(self, folder: str, max_len: int | None = None):
+        import transformers
+
+        self.config = read_config(folder)
+        self.card = read_card(folder) or {}
+        super().__init__(folder, int(max_len or self.card.get("max_len") or 512))
+        self.kind = model_kind(folder)
+        if self.kind not in ("classifier", "tagger"):
+            raise ValueError(f"{folder}: a {self.kind} model is not a fine-tuned classifier or tagger")
+        self._load_tokenizer()
+        self.enc = Encoder(self.tokenizer, self.max_len, self.card.get("truncation", "head"))
+        self.method = self.card.get("method", "head")
+        self.shape = self.card.get("shape", "tagging" if self.kind == "tagger" else "single")
+        id2label = self.config.get("id2label") or {}
+        self.labels = list(self.card.get("labels") or [id2label[k] for k in sorted(id2label, key=int)])
+        if self.method.startswith("unimc"):
+            self.mlm = MaskedLM(folder, self.max_len, self.enc.truncation)
+            verbalizer = self.card.get("verbalizer") or {}
+            self.options = [verbalizer.get(label, label) for label in self.labels]
+        else:
+            auto = "AutoModelForTokenClassification" if self.kind == "tagger" else "AutoModelForSequenceClassification"
+            self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval()
+
+    @property
+    def task(self) -> str:
+        return self.card.get("task", "")
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "task": self.task, "method": self.method, "shape": self.shape, "labels": self.labels}
+
+    @torch.no_grad()
+    def classify(
+        self, texts: list[str], text_pairs: list[str] | None = None
+    ) -> list[tuple[str, list[tuple[str, float]]]]:
+        """Label and every label's probability (best first) per text."""
+        if self.kind != "classifier":
+            raise InputError("model", f"{self.name} is a {self.kind}; use the ner endpoint")
+        pair = self.shape == "pair"
+        if pair and (not text_pairs or len(text_pairs) != len(texts)):
+            raise InputError("text_pairs", f"{self.name} is a sentence-pair model: give one text_pair per text")
+        if not pair and text_pairs:
+            raise InputError("text_pairs", f"{self.name} is a single-sentence model: drop text_pairs")
+        if self.method.startswith("unimc"):
+            question = self.card.get("question") or ""
+            out = []
+            for i, text in enumerate(texts):
+                passages = [text, text_pairs[i]] if pair and text_pairs else [text]
+                ranked = _ranked(self.labels, _softmax(self.mlm.option_scores(passages, self.options, question)))
+                out.append((ranked[0][0], ranked))
+            return out
+        rows = []
+        for i, text in enumerate(texts):
+            a = self.enc.ids(text)
+            if pair and text_pairs:
+                segs = list(self.enc.fit_pair(a, self.enc.ids(text_pairs[i]), self.max_len - 3))
+            else:
+                segs = [self.enc.cut(a, self.max_len - 2)]
+            rows.append(self.enc.pack(segs))
+        probs = self.model(**_stack_rows(rows)).logits.float().softmax(-1).tolist()
+        return [(ranked[0][0], ranked) for ranked in (_ranked(self.labels, p) for p in probs)]
+
+    @torch.no_grad()
+    def tag(self, texts: list[str]) -> list[list[dict[str, Any]]]:
+        """Entities per text as ``{type, start, end, text}`` with character offsets (end exclusive).
+        One token per character, as the tagger was trained; long texts go in consecutive windows."""
+        if self.kind != "tagger":
+            raise InputError("model", f"{self.name} is a {self.kind}; use the classify endpoint")
+        from fs_ray.encoding import entities
+
+        width = self.max_len - 2
+        windows, owners = [], []
+        for i, text in enumerate(texts):
+            for start in range(0, max(len(text), 1), width):
+                chars = text[start : start + width]
+                ids = [self.enc.cls] + [self.tokenizer.token_to_id(c.lower()) or self.enc.unk for c in chars]
+                windows.append([*ids, self.enc.sep])
+                owners.append((i, start, len(chars)))
+        best = self.model(**_pad_batch(windows, self.enc.pad)).logits.argmax(-1).tolist()
+        tags: list[list[str]] = [[] for _ in texts]
+        for (i, _start, n), row in zip(owners, best, strict=True):
+            tags[i] += [self.labels[t] for t in row[1 : 1 + n]]
+        return [
+            [
+                {"type": kind, "start": s, "end": e, "text": text[s:e]}
+                for kind, s, e in sorted(entities(tag_list), key=lambda x: x[1])
+            ]
+            for text, tag_list in zip(texts, tags, strict=True)
+        ]
+
+
+class Generator(_Base):
+    """Text generation with a causal LM (GPT2) or a seq2seq model (T5), seeded per request."""
+
+    def __init__(self, folder: str, max_len: int = 1024):
+        import transformers
+
+        super().__init__(folder, max_len)
+        self.config = read_config(folder)
+        self.kind = model_kind(folder)
+        if self.kind not in ("clm", "seq2seq"):
+            raise ValueError(f"{folder}: a {self.kind} model cannot generate text")
+        self._load_tokenizer()
+        auto = "AutoModelForCausalLM" if self.kind == "clm" else "AutoModelForSeq2SeqLM"
+        self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval()
+        vocab = self.tokenizer.get_vocab()
+        self.eos = next((vocab[t] for t in ("</s>", "[SEP]", "<|endoftext|>") if t in vocab), None)
+        self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), 0)
+        self._lock = threading.Lock()  # the seed is process-wide torch state
+
+    @torch.no_grad()
+    def generate(
+        self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0
+    ) -> str:
+        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+        if self.kind == "clm":
+            ids = ids[-max(1, self.max_len - max_new_tokens) :]
+        else:
+            ids = ids[: self.max_len - 1] + ([self.eos] if self.eos is not None else [])
+        if not ids:
+            raise InputError("prompt", "no tokens in the prompt")
+        sample = temperature > 0
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": sample,
+            "pad_token_id": self.pad,
+            "eos_token_id": self.eos,
+        }
+        if sample:
+            kwargs.update(temperature=temperature, top_p=top_p)
+        inputs = torch.tensor([ids], dtype=torch.long)
+        with self._lock:
+            torch.manual_seed(seed)
+            out = self.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
+        new = out[0, inputs.shape[1] :] if self.kind == "clm" else out[0]
+        return detokenize(self.tokenizer.decode(new.tolist(), skip_special_tokens=True))
+
+
+def detokenize(text: str) -> str:
+    """WordPiece decoding puts spaces between all tokens; Chinese has none between characters."""
+    return _CJK_SPACE.sub("", text)

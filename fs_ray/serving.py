@@ -1,0 +1,795 @@
+"""The Ray Serve application: exported models behind one HTTP + gRPC gateway.
+
+::
+
+    HTTP (FastAPI, OpenAPI at /docs)  ┐                 ┌─► MaskedLM    fill-mask (batched), zero-shot
+    gRPC (fs_ray/protos, port 9000)   ┴─► Gateway ──────┼─► TaskModels  fine-tuned classifiers/taggers:
+      auth, validation, limits, page                    │               multiplexed by model id (LRU),
+                                                        │               batched per model
+                                                        └─► Generator   GPT2 / T5 generation
+
+The gateway validates every request (the right 4xx, with the field named) before a model
+replica sees it, so replicas only run well-formed batches and keep serving. Model deployments
+autoscale between ``replicas.min_replicas`` and ``max_replicas``; ``@serve.batch`` collects up
+to ``batching.max_batch_size`` requests per forward pass (``max_ongoing_requests`` is kept at
+least that large so batches can fill). Models are plain Hugging Face folders: the pretraining
+export (fill-mask, zero-shot, generation) and the fine-tuning exports (``fs_ray_task.json``
+beside the weights says the task, labels and encoding).
+
+Built by :func:`build_app` from a :class:`~fs_ray.run_configs.ServeConfig`; ``serve run`` /
+``serve deploy`` use :func:`app_builder` (``serve/ray_serve.yaml``); ``serve/deploy.py`` deploys
+to a running cluster.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see real types on the ingress methods
+
+import asyncio
+import hmac
+import os
+from collections import Counter
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from fs_ray.inference import MASK, read_card, read_config
+from fs_ray.run_configs import ServeConfig
+
+APP_NAME = "fs_ray"
+GRPC_SERVICER = "fs_ray.protos.fs_ray_serve_pb2_grpc.add_FsRayServicer_to_server"
+MODEL_ID_HEADER = "serve_multiplexed_model_id"
+
+
+class ServeError(Exception):
+    """A request refused with an HTTP status (and the matching gRPC code)."""
+
+    def __init__(self, status: int, field: str, message: str):
+        super().__init__(f"{field}: {message}" if field else message)
+        self.status, self.field, self.message = status, field, message
+
+    def body(self) -> dict[str, Any]:
+        return {"error": str(self), "field": self.field}
+
+
+# ---------------------------------------------------------------------------------------------
+# model discovery (driver side, reads only small JSON files)
+# ---------------------------------------------------------------------------------------------
+def _kind(folder: str) -> str:
+    from fs_ray.inference import model_kind
+
+    return model_kind(folder)
+
+
+def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
+    """Model id -> {folder, kind, task, labels, shape} for a fine-tuned export or a tree of them
+    (a folder of exports, or a fine-tuning run directory: ``<task>/<method>/split_<k>/export``)."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"models.tasks: {path} is not a folder")
+    found: dict[str, str] = {}
+    if os.path.isfile(os.path.join(path, "config.json")):
+        found[os.path.basename(path)] = path
+    else:
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            if root[len(path) :].count(os.sep) > 5:
+                dirs[:] = []
+                continue
+            if "config.json" in files and ("model.safetensors" in files or "pytorch_model.bin" in files):
+                rel = os.path.relpath(root, path).removesuffix(os.sep + "export").removesuffix("export")
+                found[(rel or os.path.basename(path)).strip(os.sep).replace(os.sep, "-")] = root
+                dirs[:] = []
+    models = {}
+    for model_id, folder in sorted(found.items()):
+        kind = _kind(folder)
+        if kind not in ("classifier", "tagger"):
+            continue  # e.g. a pretraining export next to fine-tuned ones
+        card = read_card(folder) or {}
+        config = read_config(folder)
+        id2label = config.get("id2label") or {}
+        labels = card.get("labels") or [id2label[k] for k in sorted(id2label, key=int)]
+        models[model_id] = {
+            "folder": folder,
+            "kind": kind,
+            "task": card.get("task", ""),
+            "shape": card.get("shape", "tagging" if kind == "tagger" else "single"),
+            "method": card.get("method", "head"),
+            "labels": [str(x) for x in labels],
+        }
+    if not models:
+        raise FileNotFoundError(f"models.tasks: no fine-tuned classifier or tagger folder under {path}")
+    return models
+
+
+# ---------------------------------------------------------------------------------------------
+# model deployments
+# ---------------------------------------------------------------------------------------------
+def _deployment_options(cfg: ServeConfig, name: str) -> dict[str, Any]:
+    r = cfg.replicas
+    options: dict[str, Any] = {
+        "name": name,
+        "max_ongoing_requests": cfg.batching.max_ongoing_requests,
+        "ray_actor_options": {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
+        "health_check_period_s": 10,
+    }
+    if r.min_replicas == r.max_replicas:
+        options["num_replicas"] = r.max_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": r.min_replicas,
+            "initial_replicas": max(1, r.min_replicas),
+            "max_replicas": r.max_replicas,
+            "target_ongoing_requests": r.target_ongoing_requests,
+        }
+    return options
+
+
+def _device_setup(threads: int) -> None:
+    from fs_ray.inference import set_threads
+
+    set_threads(threads or None)
+
+
+def _flatten(calls: list[list[Any]]) -> tuple[list[Any], list[int]]:
+    flat = [x for call in calls for x in call]
+    return flat, [len(call) for call in calls]
+
+
+def _unflatten(flat: list[Any], sizes: list[int]) -> list[list[Any]]:
+    out, i = [], 0
+    for n in sizes:
+        out.append(flat[i : i + n])
+        i += n
+    return out
+
+
+def masked_lm_deployment(cfg: ServeConfig):
+    b = cfg.batching
+
+    @serve.deployment
+    class MaskedLMServer:
+        """Fill-mask (batched over requests) and UniMC zero-shot on one exported MLM."""
+
+        def __init__(self, folder: str, threads: int):
+            from fs_ray.inference import MaskedLM
+
+            _device_setup(threads)
+            self.model = MaskedLM(folder)
+            self.batches: Counter[int] = Counter()
+
+        def info(self) -> dict[str, Any]:
+            return {"id": self.model.name, "kind": "mlm", "batch_sizes": dict(self.batches)}
+
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
+        async def fill_mask(self, texts: list[list[str]], top_k: list[int]) -> list[list[Any]]:
+            self.batches[len(texts)] += 1
+            flat, sizes = _flatten(texts)
+            k = max(top_k)
+            result = await asyncio.to_thread(self.model.fill_mask, flat, k)
+            per_call = _unflatten(result, sizes)
+            return [[[m[:kk] for m in item] for item in call] for call, kk in zip(per_call, top_k, strict=True)]
+
+        async def zero_shot(self, text: str, labels: list[str], question: str) -> list[tuple[str, float]]:
+            return await asyncio.to_thread(self.model.zero_shot, text, labels, question)
+
+    return MaskedLMServer
+
+
+def task_models_deployment(cfg: ServeConfig):
+    b = cfg.batching
+
+    class _Loaded:
+        """A loaded model; Serve calls ``__del__`` on LRU eviction (and GC may call it again)."""
+
+        def __init__(self, model, on_evict):
+            self.model, self._on_evict, self._gone = model, on_evict, False
+
+        def __del__(self):
+            if not self._gone:
+                self._gone = True
+                self._on_evict(self.model.name)
+
+    @serve.deployment
+    class TaskModels:
+        """Fine-tuned exports multiplexed by model id: at most ``replicas.max_task_models`` stay
+        loaded per replica (least recently used evicted); requests are batched per model."""
+
+        def __init__(self, registry: dict[str, dict[str, Any]], threads: int):
+            _device_setup(threads)
+            self.registry = registry
+            self.loads: Counter[str] = Counter()
+            self.evictions: Counter[str] = Counter()
+            self.batches: Counter[int] = Counter()
+
+        def _evicted(self, name: str) -> None:
+            self.evictions[name] += 1
+
+        @serve.multiplexed(max_num_models_per_replica=cfg.replicas.max_task_models)
+        async def get_model(self, model_id: str) -> _Loaded:
+            from fs_ray.inference import TaskModel
+
+            info = self.registry[model_id]  # the gateway only sends known ids
+            model = await asyncio.to_thread(TaskModel, info["folder"])
+            model.folder_id = model_id
+            self.loads[model_id] += 1
+            return _Loaded(model, lambda _name, mid=model_id: self._evicted(mid))
+
+        def info(self) -> dict[str, Any]:
+            loaded = sorted(m for m in self.loads if self.loads[m] > self.evictions[m])
+            return {
+                "kind": "tasks",
+                "loaded": loaded,
+                "loads": dict(self.loads),
+                "evictions": dict(self.evictions),
+                "batch_sizes": dict(self.batches),
+                "pid": os.getpid(),
+            }
+
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
+        async def classify(self, texts: list[list[str]], pairs: list[list[str] | None]) -> list[list[Any]]:
+            # serve.batch splits batches by model id, so one batch is one model
+            loaded = await self.get_model(serve.get_multiplexed_model_id())
+            self.batches[len(texts)] += 1
+            flat, sizes = _flatten(texts)
+            flat_pairs = None if pairs[0] is None else [p for call in pairs for p in call or []]
+            result = await asyncio.to_thread(loaded.model.classify, flat, flat_pairs)
+            return _unflatten(result, sizes)
+
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
+        async def tag(self, texts: list[list[str]]) -> list[list[Any]]:
+            loaded = await self.get_model(serve.get_multiplexed_model_id())
+            self.batches[len(texts)] += 1
+            flat, sizes = _flatten(texts)
+            return _unflatten(await asyncio.to_thread(loaded.model.tag, flat), sizes)
+
+    return TaskModels
+
+
+@serve.deployment
+class GeneratorServer:
+    """Text generation, one request at a time per replica (sampling settings differ per request)."""
+
+    def __init__(self, folder: str, threads: int):
+        from fs_ray.inference import Generator
+
+        _device_setup(threads)
+        self.model = Generator(folder)
+
+    def info(self) -> dict[str, Any]:
+        return {"id": self.model.name, "kind": self.model.kind}
+
+    async def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int) -> str:
+        return await asyncio.to_thread(self.model.generate, prompt, max_new_tokens, temperature, top_p, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP schema
+# ---------------------------------------------------------------------------------------------
+TextOrTexts = str | list[str]
+
+
+class TokenScore(BaseModel):
+    token: str
+    score: float
+
+
+class FillMaskRequest(BaseModel):
+    text: TextOrTexts = Field(..., description=f"A text (or a list of texts) with one or more {MASK}.")
+    top_k: int = Field(5, ge=1, le=50, description="Guesses per [MASK].")
+
+
+class FillMaskResult(BaseModel):
+    masks: list[list[TokenScore]] = Field(..., description="Per [MASK], left to right: guesses, best first.")
+
+
+class FillMaskResponse(BaseModel):
+    model: str
+    results: list[FillMaskResult]
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyRequest(BaseModel):
+    text: TextOrTexts = Field(..., description="A text or a list of texts.")
+    text_pair: TextOrTexts | None = Field(None, description="Second sentences, for sentence-pair models.")
+    model: str | None = Field(
+        None, description=f"Model id (GET /v1/models); else the {MODEL_ID_HEADER} header, else the default."
+    )
+
+
+class ClassifyResult(BaseModel):
+    label: str
+    scores: list[LabelScore] = Field(..., description="Every label with its probability, best first.")
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[ClassifyResult]
+
+
+class ZeroShotRequest(BaseModel):
+    text: str = Field(..., description="The text to classify.")
+    labels: list[str] = Field(..., description="Candidate labels (2 to 64).")
+    question: str = Field("", description="Optional prompt before the text, e.g. 这条新闻的主题是？")
+
+
+class ZeroShotResponse(BaseModel):
+    model: str
+    label: str
+    scores: list[LabelScore]
+
+
+class NerRequest(BaseModel):
+    text: TextOrTexts
+    model: str | None = None
+
+
+class Entity(BaseModel):
+    type: str
+    start: int = Field(..., description="Character offset of the first character.")
+    end: int = Field(..., description="Character offset after the last character.")
+    text: str
+
+
+class NerResult(BaseModel):
+    entities: list[Entity]
+
+
+class NerResponse(BaseModel):
+    model: str
+    results: list[NerResult]
+
+
+class GenerateRequest(BaseModel):
+    prompt: str
+    max_new_tokens: int | None = Field(None, ge=1, description="Default limits.default_new_tokens.")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    seed: int = Field(0, description="Sampling seed: the same seed gives the same text.")
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    text: str
+
+
+api = FastAPI(
+    title="fs_ray",
+    version="1",
+    description="Fengshenbang-style Chinese models served by Ray Serve: fill-mask, classification, "
+    "zero-shot classification, NER and generation. Send `Authorization: Bearer <token>` when the "
+    "server has a token set.",
+)
+
+
+@api.exception_handler(RequestValidationError)
+async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    status = 422
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            status = 400
+            problems.append(f"malformed JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        problems.append(f"{where or 'body'}: {err.get('msg')}")
+    return JSONResponse(status_code=status, content={"error": "; ".join(problems), "field": None})
+
+
+@api.exception_handler(ServeError)
+async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse(status_code=exc.status, content=exc.body(), headers=headers)
+
+
+def _page() -> str:
+    return resources.files("fs_ray").joinpath("assets/serve/index.html").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# the gateway (ingress): HTTP routes and gRPC methods over the same core
+# ---------------------------------------------------------------------------------------------
+GRPC_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
+              422: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
+
+
+@serve.deployment
+@serve.ingress(api)
+class Gateway:
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        fill_mask: DeploymentHandle | None,
+        tasks: DeploymentHandle | None,
+        generator: DeploymentHandle | None,
+        registry: dict[str, dict[str, Any]],
+        names: dict[str, str],
+    ):
+        self.cfg = ServeConfig.model_validate(cfg)
+        self.fill_mask_h, self.tasks_h, self.generator_h = fill_mask, tasks, generator
+        self.registry = registry
+        self.names = names
+        self.default_model = self.cfg.models.default_task_model or (sorted(registry)[0] if registry else None)
+        self.token = self._read_token()
+
+    def _read_token(self) -> str | None:
+        if self.cfg.auth_token_file:
+            with open(self.cfg.auth_token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        else:
+            token = os.environ.get(self.cfg.auth_token_env, "").strip()
+        return token or None
+
+    # ---- checks shared by HTTP and gRPC -----------------------------------------------------
+    def _auth(self, authorization: str | None) -> None:
+        if self.token is None:
+            return
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise ServeError(401, "authorization", "missing or wrong bearer token")
+
+    def _texts(self, value: Any, field: str = "text") -> list[str]:
+        texts = [value] if isinstance(value, str) else value
+        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+            raise ServeError(422, field, "must be a string or a list of strings")
+        lim = self.cfg.limits
+        if not texts:
+            raise ServeError(422, field, "no text given")
+        if len(texts) > lim.max_items:
+            raise ServeError(413, field, f"{len(texts)} texts in one request; the limit is {lim.max_items}")
+        out = []
+        for i, t in enumerate(texts):
+            name = field if isinstance(value, str) else f"{field}[{i}]"
+            if not t.strip():
+                raise ServeError(422, name, "empty text")
+            if len(t) > lim.max_input_chars:
+                if lim.overlong == "reject":
+                    raise ServeError(
+                        413, name, f"{len(t)} characters; the limit is {lim.max_input_chars} (limits.max_input_chars)"
+                    )
+                t = t[: lim.max_input_chars]
+            out.append(t)
+        return out
+
+    def _need(self, handle, what: str):
+        if handle is None:
+            raise ServeError(404, "", f"this server has no {what} model (models.{what} is not set)")
+        return handle
+
+    def _task_model(self, requested: str | None, header: str | None, kind: str) -> str:
+        self._need(self.tasks_h, "tasks")
+        model_id = requested or header or self.default_model
+        if model_id not in self.registry:
+            known = ", ".join(sorted(self.registry))
+            raise ServeError(404, "model", f"unknown model id {model_id!r} (known: {known})")
+        if self.registry[model_id]["kind"] != kind:
+            other = "ner" if kind == "classifier" else "classify"
+            raise ServeError(422, "model", f"{model_id} is a {self.registry[model_id]['kind']}; use /v1/{other}")
+        return model_id
+
+    # ---- the operations ---------------------------------------------------------------------
+    async def _fill_mask(self, text: Any, top_k: int) -> dict[str, Any]:
+        handle = self._need(self.fill_mask_h, "fill_mask")
+        texts = self._texts(text)
+        for i, t in enumerate(texts):
+            if MASK not in t:
+                raise ServeError(422, "text" if isinstance(text, str) else f"text[{i}]", f"has no {MASK} to fill")
+        result = await handle.fill_mask.remote(texts, top_k)
+        return {
+            "model": self.names["fill_mask"],
+            "results": [
+                {"masks": [[{"token": tok, "score": s} for tok, s in mask] for mask in item]} for item in result
+            ],
+        }
+
+    async def _classify(self, text: Any, text_pair: Any, model: str | None, header: str | None) -> dict[str, Any]:
+        model_id = self._task_model(model, header, "classifier")
+        texts = self._texts(text)
+        shape = self.registry[model_id]["shape"]
+        pairs = None
+        if text_pair is not None and text_pair != []:
+            pairs = self._texts(text_pair, "text_pair")
+            if len(pairs) != len(texts):
+                raise ServeError(422, "text_pair", f"{len(pairs)} second sentences for {len(texts)} texts")
+        if shape == "pair" and pairs is None:
+            raise ServeError(422, "text_pair", f"{model_id} is a sentence-pair model: give text_pair")
+        if shape != "pair" and pairs is not None:
+            raise ServeError(422, "text_pair", f"{model_id} is a single-sentence model: drop text_pair")
+        result = await self.tasks_h.options(multiplexed_model_id=model_id).classify.remote(texts, pairs)
+        return {
+            "model": model_id,
+            "results": [
+                {"label": label, "scores": [{"label": lb, "score": s} for lb, s in scores]} for label, scores in result
+            ],
+        }
+
+    async def _zero_shot(self, text: Any, labels: Any, question: str) -> dict[str, Any]:
+        handle = self._need(self.fill_mask_h, "fill_mask")
+        if not isinstance(text, str):
+            raise ServeError(422, "text", "must be a string")
+        (text,) = self._texts(text)
+        if not isinstance(labels, list) or len(labels) < 2:
+            raise ServeError(422, "labels", "give at least two candidate labels")
+        if len(labels) > 64:
+            raise ServeError(413, "labels", f"{len(labels)} candidate labels; the limit is 64")
+        cleaned = [lb.strip() if isinstance(lb, str) else "" for lb in labels]
+        if not all(cleaned):
+            raise ServeError(422, "labels", "every candidate label must be a non-empty string")
+        if len(set(cleaned)) != len(cleaned):
+            raise ServeError(422, "labels", "candidate labels must differ")
+        if len(question) > self.cfg.limits.max_input_chars:
+            raise ServeError(413, "question", f"longer than {self.cfg.limits.max_input_chars} characters")
+        ranked = await handle.zero_shot.remote(text, cleaned, question)
+        return {
+            "model": self.names["fill_mask"],
+            "label": ranked[0][0],
+            "scores": [{"label": lb, "score": s} for lb, s in ranked],
+        }
+
+    async def _ner(self, text: Any, model: str | None, header: str | None) -> dict[str, Any]:
+        model_id = self._task_model(model, header, "tagger")
+        texts = self._texts(text)
+        result = await self.tasks_h.options(multiplexed_model_id=model_id).tag.remote(texts)
+        return {"model": model_id, "results": [{"entities": ents} for ents in result]}
+
+    async def _generate(self, prompt: Any, max_new_tokens: int | None, temperature: float, top_p: float,
+                        seed: int) -> dict[str, Any]:
+        handle = self._need(self.generator_h, "generate")
+        (prompt,) = self._texts(prompt, "prompt")
+        lim = self.cfg.limits
+        n = max_new_tokens or lim.default_new_tokens
+        if n > lim.max_new_tokens:
+            raise ServeError(413, "max_new_tokens", f"{n} > limits.max_new_tokens ({lim.max_new_tokens})")
+        text = await handle.generate.remote(prompt, n, temperature, top_p, seed)
+        return {"model": self.names["generate"], "text": text}
+
+    async def _models(self) -> dict[str, Any]:
+        models = []
+        if self.fill_mask_h is not None:
+            models.append({"id": self.names["fill_mask"], "kind": "mlm", "task": "fill-mask, zero-shot", "labels": []})
+        if self.generator_h is not None:
+            models.append({"id": self.names["generate"], "kind": "generator", "task": "generate", "labels": []})
+        for model_id, info in sorted(self.registry.items()):
+            models.append(
+                {"id": model_id, "kind": info["kind"], "task": info["task"], "labels": info["labels"],
+                 "default": model_id == self.default_model}
+            )
+        return {"models": models}
+
+    # ---- HTTP -------------------------------------------------------------------------------
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> str:
+        return _page()
+
+    @api.get("/healthz", summary="Liveness: the gateway answers.")
+    async def healthz(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="Readiness: every model deployment answers.")
+    async def readyz(self) -> JSONResponse:
+        checks = {"fill_mask": self.fill_mask_h, "tasks": self.tasks_h, "generate": self.generator_h}
+        state: dict[str, Any] = {}
+        ok = True
+        for name, handle in checks.items():
+            if handle is None:
+                continue
+            try:
+                state[name] = await asyncio.wait_for(handle.info.remote(), timeout=5)
+            except Exception as err:
+                ok, state[name] = False, f"not ready: {type(err).__name__}"
+        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "deployments": state})
+
+    @api.get("/v1/models", summary="What this server serves.")
+    async def models(self, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._models()
+
+    @api.post("/v1/fill-mask", response_model=FillMaskResponse, summary="Fill each [MASK].")
+    async def fill_mask(self, body: FillMaskRequest, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._fill_mask(body.text, body.top_k)
+
+    @api.post("/v1/classify", response_model=ClassifyResponse, summary="Classify with a fine-tuned model.")
+    async def classify(self, body: ClassifyRequest, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._classify(body.text, body.text_pair, body.model, request.headers.get(MODEL_ID_HEADER))
+
+    @api.post("/v1/zero-shot", response_model=ZeroShotResponse, summary="UniMC zero-shot classification.")
+    async def zero_shot(self, body: ZeroShotRequest, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._zero_shot(body.text, body.labels, body.question)
+
+    @api.post("/v1/ner", response_model=NerResponse, summary="Named entities with character offsets.")
+    async def ner(self, body: NerRequest, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._ner(body.text, body.model, request.headers.get(MODEL_ID_HEADER))
+
+    @api.post("/v1/generate", response_model=GenerateResponse, summary="Generate text from a prompt.")
+    async def generate(self, body: GenerateRequest, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._generate(body.prompt, body.max_new_tokens, body.temperature, body.top_p, body.seed)
+
+    # ---- gRPC (fs_ray/protos/fs_ray_serve.proto) ---------------------------------------------
+    async def _grpc(self, grpc_context, reply_cls, call):
+        import grpc
+
+        metadata = dict(grpc_context.invocation_metadata())
+        try:
+            self._auth(metadata.get("authorization"))
+            return reply_cls(**(await call(metadata.get("multiplexed_model_id"))))
+        except ServeError as err:
+            grpc_context.set_code(getattr(grpc.StatusCode, GRPC_CODES.get(err.status, "INVALID_ARGUMENT")))
+            grpc_context.set_details(str(err))
+            return reply_cls()
+
+    async def FillMask(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(_mid):
+            out = await self._fill_mask(list(request.texts), request.top_k or 5)
+            results = [
+                pb.FillMaskResult(masks=[pb.MaskGuesses(guesses=[pb.TokenScore(**g) for g in m]) for m in r["masks"]])
+                for r in out["results"]
+            ]
+            return {"model": out["model"], "results": results}
+
+        return await self._grpc(grpc_context, pb.FillMaskReply, call)
+
+    async def Classify(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(mid):
+            pairs = list(request.text_pairs) or None
+            out = await self._classify(list(request.texts), pairs, request.model or None, mid)
+            results = [
+                pb.ClassifyResult(label=r["label"], scores=[pb.LabelScore(**s) for s in r["scores"]])
+                for r in out["results"]
+            ]
+            return {"model": out["model"], "results": results}
+
+        return await self._grpc(grpc_context, pb.ClassifyReply, call)
+
+    async def ZeroShot(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(_mid):
+            out = await self._zero_shot(request.text, list(request.labels), request.question)
+            return {"model": out["model"], "label": out["label"], "scores": [pb.LabelScore(**s) for s in out["scores"]]}
+
+        return await self._grpc(grpc_context, pb.ZeroShotReply, call)
+
+    async def Ner(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(mid):
+            out = await self._ner(list(request.texts), request.model or None, mid)
+            results = [pb.NerResult(entities=[pb.Entity(**e) for e in r["entities"]]) for r in out["results"]]
+            return {"model": out["model"], "results": results}
+
+        return await self._grpc(grpc_context, pb.NerReply, call)
+
+    async def Generate(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(_mid):
+            top_p = request.top_p or 1.0
+            if request.temperature < 0 or not 0 < top_p <= 1:
+                raise ServeError(422, "temperature/top_p", "temperature must be >= 0 and top_p in (0, 1]")
+            return await self._generate(
+                request.prompt, request.max_new_tokens or None, request.temperature, top_p, request.seed
+            )
+
+        return await self._grpc(grpc_context, pb.GenerateReply, call)
+
+    async def Models(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(_mid):
+            out = await self._models()
+            return {"models": [pb.ModelInfo(id=m["id"], kind=m["kind"], task=m["task"], labels=m["labels"])
+                               for m in out["models"]]}
+
+        return await self._grpc(grpc_context, pb.ModelsReply, call)
+
+
+# ---------------------------------------------------------------------------------------------
+# building and running the application
+# ---------------------------------------------------------------------------------------------
+def _folder(path: str, field: str) -> str:
+    from fs_ray.assets import resolve_path
+
+    folder = os.path.abspath(resolve_path(path))
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise FileNotFoundError(f"models.{field}: {path} is not an exported Hugging Face folder (no config.json)")
+    return folder
+
+
+def build_app(cfg: ServeConfig):
+    """The Serve application for ``cfg``. Model folders are checked here, on the driver, so a
+    bad path fails before anything is deployed."""
+    m = cfg.models
+    threads = cfg.replicas.torch_threads
+    fill_mask = tasks = generator = None
+    names: dict[str, str] = {}
+    registry: dict[str, dict[str, Any]] = {}
+    if m.fill_mask:
+        folder = _folder(m.fill_mask, "fill_mask")
+        if _kind(folder) != "mlm":
+            raise ValueError(f"models.fill_mask: {m.fill_mask} is a {_kind(folder)} model, not a masked LM")
+        names["fill_mask"] = os.path.basename(folder.rstrip(os.sep))
+        fill_mask = masked_lm_deployment(cfg).options(**_deployment_options(cfg, "MaskedLM")).bind(folder, threads)
+    if m.tasks:
+        registry = discover_task_models(m.tasks)
+        if m.default_task_model and m.default_task_model not in registry:
+            raise ValueError(f"models.default_task_model: {m.default_task_model!r} is not among {sorted(registry)}")
+        tasks = task_models_deployment(cfg).options(**_deployment_options(cfg, "TaskModels")).bind(registry, threads)
+    if m.generate:
+        folder = _folder(m.generate, "generate")
+        if _kind(folder) not in ("clm", "seq2seq"):
+            raise ValueError(f"models.generate: {m.generate} is a {_kind(folder)} model, not a generator")
+        names["generate"] = os.path.basename(folder.rstrip(os.sep))
+        generator = GeneratorServer.options(**_deployment_options(cfg, "Generator")).bind(folder, threads)
+    gateway = Gateway.options(
+        ray_actor_options={"num_cpus": cfg.replicas.gateway_cpus},
+        max_ongoing_requests=max(256, cfg.batching.max_ongoing_requests * 4),
+    )
+    return gateway.bind(cfg.model_dump(mode="json"), fill_mask, tasks, generator, registry, names)
+
+
+def start_serve(cfg: ServeConfig) -> None:
+    """Start Serve's HTTP (and gRPC) proxies on the current Ray cluster."""
+    from ray.serve.config import HTTPOptions, gRPCOptions
+
+    grpc = (
+        gRPCOptions(port=cfg.grpc_port, grpc_servicer_functions=[GRPC_SERVICER])
+        if cfg.grpc_port
+        else gRPCOptions(grpc_servicer_functions=[])
+    )
+    serve.start(http_options=HTTPOptions(host=cfg.host, port=cfg.http_port), grpc_options=grpc)
+
+
+def deploy(cfg: ServeConfig, blocking: bool = False):
+    """Deploy ``cfg`` as the Serve application ``cfg.name``; returns its handle."""
+    app = build_app(cfg)
+    start_serve(cfg)
+    return serve.run(app, name=cfg.name, route_prefix=cfg.route_prefix, blocking=blocking)
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point for ``serve run`` / ``serve deploy`` (``import_path: fs_ray.serving:app_builder``).
+
+    ``args``: ``config`` (an fs_ray serve YAML), ``set`` (a list of dotted overrides) and/or any
+    ServeConfig fields inline."""
+    import yaml
+
+    from fs_ray.config import ConfigError, apply_overrides, validate
+
+    args = dict(args or {})
+    path = args.pop("config", None)
+    overrides = [str(o) for o in args.pop("set", None) or []]
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"serve app args: cannot read config {path}: {err}") from None
+    _merge(data, args)
+    apply_overrides(data, overrides)
+    return build_app(validate(ServeConfig, data, f"serve app args ({path or 'inline'})"))
+
+
+def _merge(into: dict[str, Any], extra: dict[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value

@@ -1,0 +1,79 @@
+"""Tiny Hugging Face folders in the layout fs_ray's exports write (config.json, model.safetensors,
+tokenizer.json, and fs_ray_task.json for fine-tuned models), built from fs_ray's own presets with
+seeded weights, for the serving tests and benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from fs_ray.models import hf_config
+from fs_ray.tokenization import load_tokenizer, special_ids
+
+
+def _save(model, tokenizer, out: Path, card: dict | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    (out / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
+    if card is not None:
+        (out / "fs_ray_task.json").write_text(json.dumps(card, ensure_ascii=False, indent=2), encoding="utf-8")
+    return out
+
+
+def _config(family: str, preset: str, tokenizer, seq_len: int = 128, **head):
+    cfg = hf_config(
+        family, preset, tokenizer.get_vocab_size(with_added_tokens=True), seq_len,
+        special_ids(tokenizer).as_dict(), {},
+    )
+    for key, value in head.items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def mlm_folder(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
+    from transformers import AutoModelForMaskedLM
+
+    tok = load_tokenizer("bert-chinese")
+    torch.manual_seed(seed)
+    return _save(AutoModelForMaskedLM.from_config(_config("erlangshen", preset, tok)), tok, out)
+
+
+def classifier_folder(
+    out: Path, labels: list[str], task: str = "toy", shape: str = "single", preset: str = "tiny", seed: int = 0,
+    max_len: int = 64,
+) -> Path:
+    from transformers import AutoModelForSequenceClassification
+
+    tok = load_tokenizer("bert-chinese")
+    torch.manual_seed(seed)
+    cfg = _config(
+        "erlangshen", preset, tok, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    card = {"task": task, "method": "head", "shape": shape, "labels": labels, "verbalizer": None,
+            "question": "", "max_len": max_len, "truncation": "head_tail", "trained_on": "tests"}
+    return _save(AutoModelForSequenceClassification.from_config(cfg), tok, out, card)
+
+
+def tagger_folder(out: Path, labels: list[str], seed: int = 0, max_len: int = 32) -> Path:
+    from transformers import AutoModelForTokenClassification
+
+    tok = load_tokenizer("bert-chinese")
+    torch.manual_seed(seed)
+    cfg = _config(
+        "erlangshen", "tiny", tok, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    card = {"task": "ner", "method": "head", "shape": "tagging", "labels": labels, "verbalizer": None,
+            "question": "", "max_len": max_len, "truncation": "head", "trained_on": "tests"}
+    return _save(AutoModelForTokenClassification.from_config(cfg), tok, out, card)
+
+
+def gpt2_folder(out: Path, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer("bert-chinese")
+    torch.manual_seed(seed)
+    return _save(AutoModelForCausalLM.from_config(_config("wenzhong", "tiny", tok)), tok, out)

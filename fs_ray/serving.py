@@ -148,6 +148,17 @@ def _unflatten(flat: list[Any], sizes: list[int]) -> list[list[Any]]:
     return out
 
 
+FORWARD_CHUNK = 64  # texts per forward pass when many requests arrive at once
+
+
+def _chunked(fn, flat: list[Any], pairs: list[Any] | None = None) -> list[Any]:
+    out: list[Any] = []
+    for i in range(0, len(flat), FORWARD_CHUNK):
+        part = flat[i : i + FORWARD_CHUNK]
+        out += fn(part) if pairs is None else fn(part, pairs[i : i + FORWARD_CHUNK])
+    return out
+
+
 def masked_lm_deployment(cfg: ServeConfig):
     b = cfg.batching
 
@@ -165,12 +176,12 @@ def masked_lm_deployment(cfg: ServeConfig):
         def info(self) -> dict[str, Any]:
             return {"id": self.model.name, "kind": "mlm", "batch_sizes": dict(self.batches)}
 
-        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
         async def fill_mask(self, texts: list[list[str]], top_k: list[int]) -> list[list[Any]]:
-            self.batches[len(texts)] += 1
             flat, sizes = _flatten(texts)
+            self.batches[len(flat)] += 1
             k = max(top_k)
-            result = await asyncio.to_thread(self.model.fill_mask, flat, k)
+            result = await asyncio.to_thread(_chunked, lambda xs: self.model.fill_mask(xs, k), flat)
             per_call = _unflatten(result, sizes)
             return [[[m[:kk] for m in item] for item in call] for call, kk in zip(per_call, top_k, strict=True)]
 
@@ -230,22 +241,25 @@ def task_models_deployment(cfg: ServeConfig):
                 "pid": os.getpid(),
             }
 
-        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
         async def classify(self, texts: list[list[str]], pairs: list[list[str] | None]) -> list[list[Any]]:
             # serve.batch splits batches by model id, so one batch is one model
             loaded = await self.get_model(serve.get_multiplexed_model_id())
-            self.batches[len(texts)] += 1
             flat, sizes = _flatten(texts)
-            flat_pairs = None if pairs[0] is None else [p for call in pairs for p in call or []]
-            result = await asyncio.to_thread(loaded.model.classify, flat, flat_pairs)
+            self.batches[len(flat)] += 1
+            if pairs[0] is None:
+                result = await asyncio.to_thread(_chunked, loaded.model.classify, flat)
+            else:
+                flat_pairs = [p for call in pairs for p in call or []]
+                result = await asyncio.to_thread(_chunked, loaded.model.classify, flat, flat_pairs)
             return _unflatten(result, sizes)
 
-        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
         async def tag(self, texts: list[list[str]]) -> list[list[Any]]:
             loaded = await self.get_model(serve.get_multiplexed_model_id())
-            self.batches[len(texts)] += 1
             flat, sizes = _flatten(texts)
-            return _unflatten(await asyncio.to_thread(loaded.model.tag, flat), sizes)
+            self.batches[len(flat)] += 1
+            return _unflatten(await asyncio.to_thread(_chunked, loaded.model.tag, flat), sizes)
 
     return TaskModels
 
@@ -419,6 +433,34 @@ class Gateway:
         self.names = names
         self.default_model = self.cfg.models.default_task_model or (sorted(registry)[0] if registry else None)
         self.token = self._read_token()
+        self._forward.set_max_batch_size(self.cfg.batching.max_batch_size)
+        self._forward.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # set from the config in __init__
+    async def _forward(self, keys: list[tuple[str, str]], texts: list[list[str]], extras: list[Any]) -> list[Any]:
+        """Requests that arrive together go to their model deployment as one call per (operation,
+        model id): one hop and one forward pass for the batch instead of one per request."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        out: list[Any] = [None] * len(keys)
+
+        async def send(key: tuple[str, str], idx: list[int]) -> None:
+            op, model_id = key
+            flat = [t for i in idx for t in texts[i]]
+            if op == "fill_mask":
+                result = await self.fill_mask_h.fill_mask.remote(flat, max(extras[i] for i in idx))
+            else:
+                handle = getattr(self.tasks_h.options(multiplexed_model_id=model_id), op)
+                pairs = None if extras[idx[0]] is None else [p for i in idx for p in extras[i]]
+                result = await (handle.remote(flat, pairs) if op == "classify" else handle.remote(flat))
+            pos = 0
+            for i in idx:
+                part, pos = result[pos : pos + len(texts[i])], pos + len(texts[i])
+                out[i] = [[m[: extras[i]] for m in item] for item in part] if op == "fill_mask" else part
+
+        await asyncio.gather(*(send(k, idx) for k, idx in groups.items()))
+        return out
 
     def _read_token(self) -> str | None:
         if self.cfg.auth_token_file:
@@ -477,12 +519,12 @@ class Gateway:
 
     # ---- the operations ---------------------------------------------------------------------
     async def _fill_mask(self, text: Any, top_k: int) -> dict[str, Any]:
-        handle = self._need(self.fill_mask_h, "fill_mask")
+        self._need(self.fill_mask_h, "fill_mask")
         texts = self._texts(text)
         for i, t in enumerate(texts):
             if MASK not in t:
                 raise ServeError(422, "text" if isinstance(text, str) else f"text[{i}]", f"has no {MASK} to fill")
-        result = await handle.fill_mask.remote(texts, top_k)
+        result = await self._forward(("fill_mask", ""), texts, top_k)
         return {
             "model": self.names["fill_mask"],
             "results": [
@@ -503,7 +545,7 @@ class Gateway:
             raise ServeError(422, "text_pair", f"{model_id} is a sentence-pair model: give text_pair")
         if shape != "pair" and pairs is not None:
             raise ServeError(422, "text_pair", f"{model_id} is a single-sentence model: drop text_pair")
-        result = await self.tasks_h.options(multiplexed_model_id=model_id).classify.remote(texts, pairs)
+        result = await self._forward(("classify", model_id), texts, pairs)
         return {
             "model": model_id,
             "results": [
@@ -537,7 +579,7 @@ class Gateway:
     async def _ner(self, text: Any, model: str | None, header: str | None) -> dict[str, Any]:
         model_id = self._task_model(model, header, "tagger")
         texts = self._texts(text)
-        result = await self.tasks_h.options(multiplexed_model_id=model_id).tag.remote(texts)
+        result = await self._forward(("tag", model_id), texts, None)
         return {"model": model_id, "results": [{"entities": ents} for ents in result]}
 
     async def _generate(self, prompt: Any, max_new_tokens: int | None, temperature: float, top_p: float,

@@ -6,6 +6,7 @@
 #   4. fill a [MASK] with the exported Hugging Face folder
 #   5. ray job submit          fine-tune it on FewCLUE eprstmt (shipped): task head vs. the TF-IDF
 #                              floor on split 0 and few_all, results table + submission file
+#   6. ray job submit          serve both models with Ray Serve (serve/deploy.py) and query them
 # The cluster stays up afterwards (dashboard: http://127.0.0.1:8266); `cluster/local.sh down`
 # stops it. Outputs land in ./runs/quickstart/.
 set -euo pipefail
@@ -42,6 +43,20 @@ submit "fs_ray-finetune-$stamp" python jobs/finetune.py --config jobs/configs/fi
   --set "task.splits=[0,few_all]" --set "methods=[head,tfidf]"
 cat "$out/eprstmt-$stamp/results.md"
 
+# 5. serve both models with Ray Serve (HTTP + gRPC) and query them
+http_port="${FS_RAY_SERVE_PORT:-8000}"
+submit "fs_ray-serve-$stamp" python serve/deploy.py --config serve/configs/serve_quickstart.yaml \
+  --set "models.fill_mask=$export_dir" --set "models.tasks=$out/eprstmt-$stamp" \
+  --set "http_port=$http_port" --set "grpc_port=${FS_RAY_SERVE_GRPC_PORT:-9000}"
+serve_url="http://127.0.0.1:$http_port"
+query() {  # POST a JSON body to a route and print the answer
+  echo "== POST $1 $2"
+  curl -sS --fail-with-body "$serve_url$1" -H 'Content-Type: application/json' -d "$2"; echo
+}
+query /v1/fill-mask '{"text": "今天天气很[MASK]。", "top_k": 3}'
+query /v1/classify '{"text": "这家酒店的服务很好，房间也干净。"}'
+query /v1/zero-shot '{"text": "这家酒店的服务很好，房间也干净。", "labels": ["正面", "负面"]}'
+
 cat <<MSG
 
 == done
@@ -49,6 +64,7 @@ cat <<MSG
    pretraining run : $out/erlangshen-tiny-$stamp (checkpoints, metrics.jsonl, tensorboard/, config.yaml)
    exported model  : $export_dir (loads with transformers.AutoModelForMaskedLM)
    fine-tuning     : $out/eprstmt-$stamp (results.md, submission/, eprstmt/head/split_few_all/export)
+   serving         : $serve_url/ (web page), $serve_url/docs (OpenAPI), gRPC 127.0.0.1:${FS_RAY_SERVE_GRPC_PORT:-9000}
    job list        : RAY_ADDRESS=$RAY_ADDRESS RAY_AUTH_MODE=token .venv/bin/ray job list
    dashboard       : $RAY_ADDRESS
    stop the cluster: cluster/local.sh down

@@ -85,6 +85,15 @@ def set_threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
+def device() -> torch.device:
+    """The GPU Ray gave this replica (CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _to(batch: dict[str, torch.Tensor], dev: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(dev, non_blocking=True) for k, v in batch.items()}
+
+
 def _pad_batch(seqs: list[list[int]], pad: int) -> dict[str, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -140,7 +149,8 @@ class MaskedLM(_Base):
         super().__init__(folder, max_len)
         self.config = read_config(folder)
         self._load_tokenizer()
-        self.model = AutoModelForMaskedLM.from_pretrained(folder, local_files_only=True).eval()
+        self.device = device()
+        self.model = AutoModelForMaskedLM.from_pretrained(folder, local_files_only=True).eval().to(self.device)
         self.enc = Encoder(self.tokenizer, self.max_len, truncation)
         if self.enc.mask is None:
             raise ValueError(f"{folder}: the vocabulary has no {MASK}")
@@ -167,7 +177,7 @@ class MaskedLM(_Base):
         """For each text, for each ``[MASK]`` left to right: the ``top_k`` (token, probability)."""
         seqs = [self.encode_masked(t, f"texts[{i}]") for i, t in enumerate(texts)]
         batch = _pad_batch(seqs, self.enc.pad)
-        logits = self.model(**batch).logits.float()
+        logits = self.model(**_to(batch, self.device)).logits.float().cpu()
         logits[..., self._banned] = float("-inf")
         probs = logits.softmax(-1)
         out = []
@@ -200,11 +210,11 @@ class MaskedLM(_Base):
             where.append(list(zip(group, positions, strict=True)))
         batch = _stack_rows(rows)
         base = getattr(self.model, self.model.base_model_prefix)
-        hidden = base(**batch).last_hidden_state
+        hidden = base(**_to(batch, self.device)).last_hidden_state
         scores = [0.0] * len(options)
         for r, pairs in enumerate(where):
             picked = hidden[r, [p for _, p in pairs]]
-            yes = self.model.cls(picked)[:, self.enc.yes].float()
+            yes = self.model.cls(picked)[:, self.enc.yes].float().cpu()
             for (option, _), value in zip(pairs, yes.tolist(), strict=True):
                 scores[option] = value
         return scores
@@ -242,7 +252,8 @@ class TaskModel(_Base):
             self.options = [verbalizer.get(label, label) for label in self.labels]
         else:
             auto = "AutoModelForTokenClassification" if self.kind == "tagger" else "AutoModelForSequenceClassification"
-            self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval()
+            self.device = device()
+            self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval().to(self.device)
 
     @property
     def task(self) -> str:
@@ -279,7 +290,7 @@ class TaskModel(_Base):
             else:
                 segs = [self.enc.cut(a, self.max_len - 2)]
             rows.append(self.enc.pack(segs))
-        probs = self.model(**_stack_rows(rows)).logits.float().softmax(-1).tolist()
+        probs = self.model(**_to(_stack_rows(rows), self.device)).logits.float().softmax(-1).cpu().tolist()
         return [(ranked[0][0], ranked) for ranked in (_ranked(self.labels, p) for p in probs)]
 
     @torch.no_grad()
@@ -298,7 +309,7 @@ class TaskModel(_Base):
                 ids = [self.enc.cls] + [self.tokenizer.token_to_id(c.lower()) or self.enc.unk for c in chars]
                 windows.append([*ids, self.enc.sep])
                 owners.append((i, start, len(chars)))
-        best = self.model(**_pad_batch(windows, self.enc.pad)).logits.argmax(-1).tolist()
+        best = self.model(**_to(_pad_batch(windows, self.enc.pad), self.device)).logits.argmax(-1).cpu().tolist()
         tags: list[list[str]] = [[] for _ in texts]
         for (i, _start, n), row in zip(owners, best, strict=True):
             tags[i] += [self.labels[t] for t in row[1 : 1 + n]]
@@ -324,7 +335,8 @@ class Generator(_Base):
             raise ValueError(f"{folder}: a {self.kind} model cannot generate text")
         self._load_tokenizer()
         auto = "AutoModelForCausalLM" if self.kind == "clm" else "AutoModelForSeq2SeqLM"
-        self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval()
+        self.device = device()
+        self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval().to(self.device)
         vocab = self.tokenizer.get_vocab()
         self.eos = next((vocab[t] for t in ("</s>", "[SEP]", "<|endoftext|>") if t in vocab), None)
         self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), 0)
@@ -350,11 +362,11 @@ class Generator(_Base):
         }
         if sample:
             kwargs.update(temperature=temperature, top_p=top_p)
-        inputs = torch.tensor([ids], dtype=torch.long)
+        inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
         with self._lock:
             torch.manual_seed(seed)
             out = self.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-        new = out[0, inputs.shape[1] :] if self.kind == "clm" else out[0]
+        new = (out[0, inputs.shape[1] :] if self.kind == "clm" else out[0]).cpu()
         return detokenize(self.tokenizer.decode(new.tolist(), skip_special_tokens=True))
 
 

@@ -89,6 +89,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
+    parser.add_argument("--gpus", type=float, default=0.0, help="GPUs per model replica (e.g. 0.5 on a 1-GPU box).")
     args = parser.parse_args()
 
     import ray
@@ -102,12 +103,13 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fs_ray_bench_serve_"))
     folder = classifier_folder(tmp / "eprstmt", ["Negative", "Positive"], task="eprstmt", preset=args.preset,
                                max_len=128)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2 if args.gpus else 0, include_dashboard=False,
+             log_to_driver=False)
     port = free_port()
     common = [
         f"models.tasks={folder}", f"http_port={port}", "grpc_port=0",
         "replicas.min_replicas=1", "replicas.max_replicas=1", "replicas.num_cpus=0", "replicas.gateway_cpus=0",
-        "replicas.torch_threads=1", f"batching.max_ongoing_requests={max(64, 2 * max(args.concurrency))}",
+        "replicas.torch_threads=1", f"replicas.num_gpus={args.gpus}", f"batching.max_ongoing_requests={max(64, 2 * max(args.concurrency))}",
         "limits.max_items=64",
     ]
     apps = {

@@ -681,6 +681,10 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
     )
     if not ray.is_initialized():
         ray.init()
+    try:
+        storage.check_shared(run_dir)  # multi-node: every worker must reach the checkpoints
+    except storage.StorageError as err:
+        raise FinetuneError(str(err)) from None
     _quiet_data()
     n_runs = sum(len(s) * len(cfg.for_task(n).methods) for n, s in p["splits"].items())
     log(

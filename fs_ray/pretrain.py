@@ -93,6 +93,10 @@ def pretrain(cfg: PretrainConfig, log=print, trace_dir: str | None = None) -> di
     tokenizer_json = storage.read_text(storage.join(p["prepared_dir"], "tokenizer.json"))
     if not ray.is_initialized():
         ray.init()
+    try:
+        storage.check_shared(p["storage_path"])  # multi-node: every worker must reach the checkpoints
+    except storage.StorageError as err:
+        raise PretrainError(str(err)) from None
     log(
         f"[pretrain] {cfg.model.family}/{cfg.model.preset} ({p['objective']}), {cfg.scaling.num_workers} workers, "
         f"{cfg.optim.max_steps} steps x {cfg.optim.micro_batch_size} x {cfg.optim.grad_accum} accum, "

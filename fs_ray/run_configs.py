@@ -7,6 +7,7 @@ Field descriptions are the ``--help`` text of the front ends, so write them for 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,9 +28,11 @@ class RunSection(Section):
         "fs_ray", description="Run name; outputs go to <storage_path>/<name>. The same name resumes."
     )
     storage_path: str = Field(
-        "runs",
-        description="Root folder of run outputs: a local path (relative to the job's working dir) or "
-        "an object-store URI (s3://bucket/prefix, gs://bucket/prefix).",
+        default_factory=lambda: os.environ.get("FS_RAY_STORAGE", "runs"),
+        description="Root folder of run outputs: a local path (relative to the job's working dir), an "
+        "object-store URI (s3://bucket/prefix, gs://bucket/prefix; S3-compatible stores with "
+        "?endpoint_override=host:port&scheme=http), or a shared mount. Default: $FS_RAY_STORAGE, else "
+        "runs. Multi-node runs refuse a folder other nodes cannot see.",
     )
     seed: int = Field(42, description="Seed for shuffling, masking and initialisation.")
 
@@ -41,7 +44,9 @@ class RunSection(Section):
         return v
 
     def output_dir(self) -> str:
-        return f"{self.storage_path.rstrip('/')}/{self.name}"
+        from fs_ray.storage import join
+
+        return join(self.storage_path, self.name)
 
 
 class ScalingSection(Section):

@@ -73,7 +73,60 @@ def remove_tree(path: str) -> None:
 
 
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    """``base/part/...``; a URI's query (``s3://b/p?endpoint_override=host:9000``) stays at the end."""
+    root, sep, query = base.partition("?") if is_uri(base) else (base, "", "")
+    return "/".join([root.rstrip("/"), *(p.strip("/") for p in parts)]) + sep + query
+
+
+class StorageError(RuntimeError):
+    pass
+
+
+def check_shared(path: str, field: str = "run.storage_path", timeout_s: float = 120) -> None:
+    """On a multi-node cluster, refuse a local ``path`` that some node cannot see.
+
+    A marker file is written here and every alive node looks for it (a zero-CPU task pinned to
+    each node), so a folder on the head's own disk fails at once with the nodes named, while a
+    shared mount (NFS, EFS, Lustre) at the same path on every node passes. URIs pass: object
+    stores are shared by construction. Needs ``ray.init()`` first.
+    """
+    if is_uri(path):
+        return
+    import socket
+    import uuid
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) <= 1:
+        return
+    folder = os.path.abspath(path)
+    os.makedirs(folder, exist_ok=True)
+    marker = os.path.join(folder, f".fs_ray_shared_{uuid.uuid4().hex}")
+    with open(marker, "w") as f:
+        f.write(socket.gethostname())
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def probe(p: str) -> bool:
+        return os.path.exists(p)
+
+    try:
+        refs = [
+            probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(marker)
+            for n in nodes
+        ]
+        seen = ray.get(refs, timeout=timeout_s)
+    finally:
+        os.remove(marker)
+    blind = [f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n, ok in zip(nodes, seen, strict=True) if not ok]
+    if blind:
+        raise StorageError(
+            f"{field}: {path} is not shared: node(s) {', '.join(blind)} cannot see it. A multi-node run "
+            "needs storage every node reaches: s3://bucket/prefix, gs://bucket/prefix, an S3-compatible "
+            "store (s3://bucket/prefix?endpoint_override=host:9000&scheme=http), or a shared mount at the "
+            "same path on every node"
+        )
 
 
 @dataclass(frozen=True)

@@ -118,3 +118,17 @@ def test_front_end_help_runs_as_a_command():
         [sys.executable, "jobs/prepare.py", "--help"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     assert "--set KEY=VALUE" in out and "input.text_field" in out and "max_bad_fraction" in out
+
+
+def test_storage_uris_keep_their_query_and_the_cluster_default_applies(monkeypatch):
+    from fs_ray.run_configs import RunSection
+    from fs_ray.storage import join
+
+    minio = "s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert join(minio, "exp", "config.yaml") == "s3://bucket/runs/exp/config.yaml?endpoint_override=127.0.0.1:9000&scheme=http"
+    assert RunSection(name="exp", storage_path=minio).output_dir().startswith("s3://bucket/runs/exp?")
+    assert join("runs/", "exp") == "runs/exp"
+    monkeypatch.setenv("FS_RAY_STORAGE", "gs://team/fs_ray")
+    assert RunSection(name="exp").output_dir() == "gs://team/fs_ray/exp"
+    monkeypatch.delenv("FS_RAY_STORAGE")
+    assert RunSection(name="exp").output_dir() == "runs/exp"

@@ -92,6 +92,79 @@ class LocalCluster:
         return cmd
 
 
+@dataclass
+class WorkerNode:
+    """Another Ray node on this machine joining a :class:`LocalCluster`: its own temp dir, ports
+    and resources, so tests and demos can run (and lose) a second node without a second machine."""
+
+    cluster: LocalCluster
+    name: str
+    port_base: int
+    num_cpus: int = 1
+    resources: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.cluster.dir / f"node-{self.name}"
+
+    def start_command(self) -> list[str]:
+        ray = str(Path(sys.executable).parent / "ray")
+        b = self.port_base
+        cmd = [
+            ray, "start", f"--address=127.0.0.1:{self.cluster.gcs_port}",
+            f"--node-manager-port={b + 10}",
+            f"--object-manager-port={b + 11}",
+            f"--metrics-export-port={b + 12}",
+            f"--runtime-env-agent-port={b + 13}",
+            f"--dashboard-agent-grpc-port={b + 14}",
+            f"--dashboard-agent-listen-port={b + 15}",
+            f"--min-worker-port={b + 100}",
+            f"--max-worker-port={b + 999}",
+            f"--temp-dir={self.temp_dir}",
+            f"--num-cpus={self.num_cpus}",
+            "--disable-usage-stats",
+        ]  # fmt: skip
+        if self.resources:
+            cmd.append(f"--resources={json.dumps(self.resources)}")
+        return cmd
+
+    def start(self) -> None:
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        out = subprocess.run(self.start_command(), env=client_env(), capture_output=True, text=True, timeout=120)
+        if out.returncode != 0:
+            raise RuntimeError(f"node {self.name} did not start: {out.stderr[-2000:] or out.stdout[-2000:]}")
+
+    def processes(self) -> list[psutil.Process]:
+        marker = str(self.temp_dir)
+        roots = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+                    roots.append(proc)
+            except (psutil.Error, TypeError):
+                continue
+        found = {p.pid: p for p in roots}
+        for proc in roots:
+            try:
+                found.update({c.pid: c for c in proc.children(recursive=True)})
+            except psutil.Error:
+                continue
+        return list(found.values())
+
+    def kill(self) -> int:
+        """SIGKILL every process of this node, as when a machine disappears. Returns how many."""
+        killed = 0
+        while procs := self.processes():
+            for proc in procs:
+                try:
+                    proc.kill()
+                    killed += 1
+                except psutil.NoSuchProcess:
+                    continue
+            psutil.wait_procs(procs, timeout=5)
+        return killed
+
+
 def client_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for Ray processes and clients of a token-authenticated cluster.
 

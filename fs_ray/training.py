@@ -339,6 +339,7 @@ def pretrain_loop(train_config: dict[str, Any]) -> None:
     seq_len = manifest["seq_len"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    print(f"[pretrain] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()[:12]}", flush=True)
     on_gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank
 

@@ -77,3 +77,20 @@ def gpt2_folder(out: Path, seed: int = 0) -> Path:
     tok = load_tokenizer("bert-chinese")
     torch.manual_seed(seed)
     return _save(AutoModelForCausalLM.from_config(_config("wenzhong", "tiny", tok)), tok, out)
+
+
+def t5_folder(out: Path, seed: int = 0) -> Path:
+    from transformers import AutoModelForSeq2SeqLM
+
+    tok = load_tokenizer("bert-chinese-sentinels")
+    torch.manual_seed(seed)
+    return _save(AutoModelForSeq2SeqLM.from_config(_config("randeng", "tiny", tok)), tok, out)
+
+
+def unimc_folder(out: Path, labels: list[str], verbalizer: dict[str, str], question: str = "", seed: int = 0) -> Path:
+    """An MLM fine-tuned with UniMC: the plain MLM weights plus a card naming the method."""
+    mlm_folder(out, seed=seed)
+    card = {"task": "toy", "method": "unimc", "shape": "single", "labels": labels, "verbalizer": verbalizer,
+            "question": question, "max_len": 64, "truncation": "head", "trained_on": "tests"}
+    (out / "fs_ray_task.json").write_text(json.dumps(card, ensure_ascii=False, indent=2), encoding="utf-8")
+    return out

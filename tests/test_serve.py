@@ -406,3 +406,29 @@ def test_serve_deploy_command_help_and_bad_config():
     bad = subprocess.run([sys.executable, "serve/deploy.py", "--set", "batching.max_batch_size=0"],
                          cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "max_batch_size" in bad.stderr
+
+
+def test_seq2seq_generation_is_seeded_and_greedy_is_deterministic(tmp_path):
+    from .model_folders import t5_folder
+
+    gen = Generator(str(t5_folder(tmp_path / "randeng-tiny")))
+    assert gen.kind == "seq2seq"
+    a = gen.generate("北京是中国的首都", 6, temperature=1.0, top_p=0.9, seed=11)
+    assert a == gen.generate("北京是中国的首都", 6, temperature=1.0, top_p=0.9, seed=11)
+    assert gen.generate("北京", 5) == gen.generate("北京", 5)
+    assert isinstance(a, str)
+
+
+def test_a_unimc_fine_tuned_export_classifies_with_its_verbalizer(tmp_path):
+    from .model_folders import unimc_folder
+
+    folder = unimc_folder(tmp_path / "unimc", ["Negative", "Positive"], {"Negative": "差评", "Positive": "好评"},
+                          question="这条评论的态度是？")
+    model = TaskModel(str(folder))
+    assert model.kind == "classifier" and model.method == "unimc"
+    label, scores = model.classify(["服务很好"])[0]
+    # the same UniMC scoring as zero-shot with the verbalized options, mapped back to the labels
+    ranked = MaskedLM(str(folder), 64).zero_shot("服务很好", ["差评", "好评"], "这条评论的态度是？")
+    back = {"差评": "Negative", "好评": "Positive"}
+    assert label == back[ranked[0][0]]
+    assert [(back[o], pytest.approx(p, abs=1e-5)) for o, p in ranked] == scores

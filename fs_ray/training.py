@@ -285,10 +285,40 @@ def make_engine(module, cfg, world: int, on_gpu: bool, total_steps: int | None =
             lr=cfg.optim.lr,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if not on_gpu:
+        clear_stale_build_lock("deepspeed_shm_comm")
     engine, _, _, _ = deepspeed.initialize(
         model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
     )
     return engine
+
+
+STALE_BUILD_LOCK_S = 600.0
+
+
+def clear_stale_build_lock(name: str, max_age_s: float = STALE_BUILD_LOCK_S) -> bool:
+    """Remove a torch extension build lock left by a process killed mid-compile.
+
+    DeepSpeed JIT-compiles its CPU communication op on first use; torch guards the build with a
+    lock file that names no owner, so a worker killed while compiling (a lost node, a stopped
+    job) leaves it behind and every later run waits on it forever. A compile takes about 90 s
+    here, so a lock older than ``max_age_s`` has no builder left. Returns True if one was removed.
+    """
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = os.path.join(_get_build_directory(name, verbose=False), "lock")
+    try:
+        age = time.time() - os.path.getmtime(lock)
+    except OSError:
+        return False
+    if age < max_age_s:
+        return False
+    try:
+        os.remove(lock)
+    except OSError:
+        return False  # another worker removed it first
+    print(f"[fs_ray] removed a stale {name} build lock ({age:.0f} s old): {lock}", flush=True)
+    return True
 
 
 def build_engine(

@@ -123,3 +123,22 @@ def test_span_corruption_without_sentinels_is_a_clear_error():
     ids, _, attn = batch(rows=2)
     with pytest.raises(ValueError, match="bert-chinese-sentinels"):
         span_corruption(ids, attn, (), eos_id=SEP, pad_id=PAD, generator=torch.Generator())
+
+
+def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, monkeypatch):
+    """A worker killed mid-compile leaves torch's lock file behind; later runs must not wait forever."""
+    import os
+    import time
+
+    from fs_ray.training import clear_stale_build_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    build = tmp_path / "fs_ray_lock_probe"
+    build.mkdir()
+    lock = build / "lock"
+    lock.touch()
+    assert clear_stale_build_lock("fs_ray_lock_probe") is False and lock.exists()  # a build in progress
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    assert clear_stale_build_lock("fs_ray_lock_probe") is True and not lock.exists()
+    assert clear_stale_build_lock("fs_ray_lock_probe") is False

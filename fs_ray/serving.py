@@ -754,6 +754,13 @@ def _folder(path: str, field: str) -> str:
     return folder
 
 
+def _model_name(folder: str) -> str:
+    """A folder's model id: its name, or its run's name for a pretraining ``<run>/export``."""
+    path = os.path.normpath(folder)
+    name = os.path.basename(path)
+    return os.path.basename(os.path.dirname(path)) if name == "export" else name
+
+
 def build_app(cfg: ServeConfig):
     """The Serve application for ``cfg``. Model folders are checked here, on the driver, so a
     bad path fails before anything is deployed."""
@@ -766,7 +773,7 @@ def build_app(cfg: ServeConfig):
         folder = _folder(m.fill_mask, "fill_mask")
         if _kind(folder) != "mlm":
             raise ValueError(f"models.fill_mask: {m.fill_mask} is a {_kind(folder)} model, not a masked LM")
-        names["fill_mask"] = os.path.basename(folder.rstrip(os.sep))
+        names["fill_mask"] = _model_name(folder)
         fill_mask = masked_lm_deployment(cfg).options(**_deployment_options(cfg, "MaskedLM")).bind(folder, threads)
     if m.tasks:
         registry = discover_task_models(m.tasks)
@@ -777,7 +784,7 @@ def build_app(cfg: ServeConfig):
         folder = _folder(m.generate, "generate")
         if _kind(folder) not in ("clm", "seq2seq"):
             raise ValueError(f"models.generate: {m.generate} is a {_kind(folder)} model, not a generator")
-        names["generate"] = os.path.basename(folder.rstrip(os.sep))
+        names["generate"] = _model_name(folder)
         generator = GeneratorServer.options(**_deployment_options(cfg, "Generator")).bind(folder, threads)
     gateway = Gateway.options(
         ray_actor_options={"num_cpus": cfg.replicas.gateway_cpus},

@@ -432,3 +432,10 @@ def test_a_unimc_fine_tuned_export_classifies_with_its_verbalizer(tmp_path):
     back = {"差评": "Negative", "好评": "Positive"}
     assert label == back[ranked[0][0]]
     assert [(back[o], pytest.approx(p, abs=1e-5)) for o, p in ranked] == scores
+
+
+def test_a_pretraining_export_is_named_after_its_run():
+    from fs_ray.serving import _model_name
+
+    assert _model_name("/runs/quickstart/erlangshen-tiny-20261129/export/") == "erlangshen-tiny-20261129"
+    assert _model_name("/models/erlangshen-tiny") == "erlangshen-tiny"

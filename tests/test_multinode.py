@@ -118,3 +118,43 @@ def test_two_node_pretraining_job_survives_losing_a_node(tmp_path):
     assert json.loads((run_dir / "data_position.json").read_text()) == {"step": STEPS, "batches": STEPS}
     assert (run_dir / f"checkpoint_step{STEPS:08d}").is_dir()
     assert (run_dir / "export" / "model.safetensors").is_file()
+
+
+def test_a_folder_one_node_cannot_see_is_refused_before_training(tmp_path):
+    """The second node runs in its own mount namespace with an empty tmpfs over the run folder,
+    as a machine with its own disk would: the storage check names that node."""
+    import shlex
+    import subprocess
+    import sys
+
+    from fs_ray.local_cluster import client_env
+
+    root = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
+    head = LocalCluster(
+        name="ns", root=root, gcs_port=free_port(), dashboard_port=free_port(),
+        port_base=free_port_block(), num_cpus=1,
+    )
+    node = WorkerNode(head, "own-disk", port_base=free_port_block(start=head.port_base + 1000), num_cpus=1)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    check = (
+        "import ray; from fs_ray.storage import check_shared; "
+        f"ray.init(address='127.0.0.1:{head.gcs_port}'); check_shared({str(runs)!r}); print('shared')"
+    )
+    try:
+        up(head, quiet=True)
+        env = client_env()
+        before = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
+        assert before.returncode == 0 and "shared" in before.stdout, before.stderr[-2000:]  # one node: fine
+        node.temp_dir.mkdir(parents=True, exist_ok=True)
+        own_disk = f"mount -t tmpfs none {shlex.quote(str(runs))} && exec {shlex.join(node.start_command())}"
+        subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", own_disk],
+                       env=env, check=True, capture_output=True, timeout=120)
+        after = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        node.kill()
+        down(head, quiet=True)
+        shutil.rmtree(root, ignore_errors=True)
+    assert after.returncode != 0
+    assert "run.storage_path" in after.stderr and "is not shared: node(s)" in after.stderr, after.stderr[-2000:]
+    assert not list(runs.glob(".fs_ray_shared_*")), "the marker is cleaned up"

@@ -344,15 +344,17 @@ def test_serve_config_refuses_batches_that_cannot_fill_and_bad_folders(tmp_path,
 
 
 def test_overlong_texts_are_cut_when_configured():
+    from types import SimpleNamespace
+
     from fs_ray.serving import Gateway, ServeError
 
-    gateway = Gateway.func_or_class.__new__(Gateway.func_or_class)
-    gateway.cfg = load_config(ServeConfig, None, ["models.fill_mask=x", "limits.max_input_chars=5",
-                                                  "limits.overlong=truncate"])
-    assert gateway._texts(["一二三四五六七", "短"]) == ["一二三四五", "短"]
-    gateway.cfg = load_config(ServeConfig, None, ["models.fill_mask=x", "limits.max_input_chars=5"])
+    texts = Gateway.func_or_class._texts  # the gateway's own check, without a replica around it
+    cut = SimpleNamespace(cfg=load_config(ServeConfig, None, ["models.fill_mask=x", "limits.max_input_chars=5",
+                                                              "limits.overlong=truncate"]))
+    assert texts(cut, ["一二三四五六七", "短"]) == ["一二三四五", "短"]
+    refuse = SimpleNamespace(cfg=load_config(ServeConfig, None, ["models.fill_mask=x", "limits.max_input_chars=5"]))
     with pytest.raises(ServeError) as err:
-        gateway._texts("一二三四五六七")
+        texts(refuse, "一二三四五六七")
     assert err.value.status == 413
 
 

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -285,15 +286,26 @@ def make_engine(module, cfg, world: int, on_gpu: bool, total_steps: int | None =
             lr=cfg.optim.lr,
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    if not on_gpu:
+    stop = threading.Event()
+    if not on_gpu:  # a lock left by a killed compile would make initialize wait forever
         clear_stale_build_lock("deepspeed_shm_comm")
-    engine, _, _, _ = deepspeed.initialize(
-        model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
-    )
+        threading.Thread(target=_watch_build_lock, args=("deepspeed_shm_comm", stop), daemon=True).start()
+    try:
+        engine, _, _, _ = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config, dist_init_required=False
+        )
+    finally:
+        stop.set()
     return engine
 
 
 STALE_BUILD_LOCK_S = 600.0
+
+
+def _watch_build_lock(name: str, stop: threading.Event, every_s: float = 15.0) -> None:
+    """While another rank's compile holds the lock, keep checking whether it went stale."""
+    while not stop.wait(every_s):
+        clear_stale_build_lock(name)
 
 
 def clear_stale_build_lock(name: str, max_age_s: float = STALE_BUILD_LOCK_S) -> bool:

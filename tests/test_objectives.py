@@ -142,3 +142,26 @@ def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, 
     os.utime(lock, (old, old))
     assert clear_stale_build_lock("fs_ray_lock_probe") is True and not lock.exists()
     assert clear_stale_build_lock("fs_ray_lock_probe") is False
+
+
+def test_a_waiting_run_gets_past_a_lock_that_goes_stale_while_it_waits(tmp_path, monkeypatch):
+    import os
+    import threading
+    import time
+
+    from torch.utils.file_baton import FileBaton
+
+    import fs_ray.training as training
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(training.clear_stale_build_lock, "__defaults__", (1.0,))
+    build = tmp_path / "fs_ray_lock_probe"
+    build.mkdir()
+    (build / "lock").touch()  # a compile that was killed a moment ago
+    stop = threading.Event()
+    watcher = threading.Thread(target=training._watch_build_lock, args=("fs_ray_lock_probe", stop, 0.2), daemon=True)
+    watcher.start()
+    start = time.monotonic()
+    FileBaton(os.path.join(build, "lock"), wait_seconds=0.05).wait()  # what torch's loader blocks in
+    stop.set()
+    assert 0.8 < time.monotonic() - start < 30

@@ -35,6 +35,20 @@ DEFAULT_ROOT = Path(os.environ.get("FS_RAY_CLUSTER_ROOT", "/tmp/fs_ray"))
 STATE_FILE = "cluster.json"
 
 
+def node_port_flags(base: int) -> list[str]:
+    """The ports one Ray node opens, laid out from ``base`` (workers at base+100..base+999)."""
+    return [
+        f"--node-manager-port={base + 10}",
+        f"--object-manager-port={base + 11}",
+        f"--metrics-export-port={base + 12}",
+        f"--runtime-env-agent-port={base + 13}",
+        f"--dashboard-agent-grpc-port={base + 14}",
+        f"--dashboard-agent-listen-port={base + 15}",
+        f"--min-worker-port={base + 100}",
+        f"--max-worker-port={base + 999}",
+    ]
+
+
 @dataclass
 class LocalCluster:
     """Where and on which ports a local cluster lives. Defaults avoid Ray's own (6379, 8265)."""
@@ -74,14 +88,7 @@ class LocalCluster:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
             f"--ray-client-server-port={b + 1}",
-            f"--node-manager-port={b + 10}",
-            f"--object-manager-port={b + 11}",
-            f"--metrics-export-port={b + 12}",
-            f"--runtime-env-agent-port={b + 13}",
-            f"--dashboard-agent-grpc-port={b + 14}",
-            f"--dashboard-agent-listen-port={b + 15}",
-            f"--min-worker-port={b + 100}",
-            f"--max-worker-port={b + 999}",
+            *node_port_flags(b),
             f"--temp-dir={self.temp_dir}",
             "--disable-usage-stats",
         ]  # fmt: skip
@@ -112,14 +119,7 @@ class WorkerNode:
         b = self.port_base
         cmd = [
             ray, "start", f"--address=127.0.0.1:{self.cluster.gcs_port}",
-            f"--node-manager-port={b + 10}",
-            f"--object-manager-port={b + 11}",
-            f"--metrics-export-port={b + 12}",
-            f"--runtime-env-agent-port={b + 13}",
-            f"--dashboard-agent-grpc-port={b + 14}",
-            f"--dashboard-agent-listen-port={b + 15}",
-            f"--min-worker-port={b + 100}",
-            f"--max-worker-port={b + 999}",
+            *node_port_flags(b),
             f"--temp-dir={self.temp_dir}",
             f"--num-cpus={self.num_cpus}",
             "--disable-usage-stats",

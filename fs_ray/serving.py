@@ -771,8 +771,8 @@ def build_app(cfg: ServeConfig):
     registry: dict[str, dict[str, Any]] = {}
     if m.fill_mask:
         folder = _folder(m.fill_mask, "fill_mask")
-        if _kind(folder) != "mlm":
-            raise ValueError(f"models.fill_mask: {m.fill_mask} is a {_kind(folder)} model, not a masked LM")
+        if (kind := _kind(folder)) != "mlm":
+            raise ValueError(f"models.fill_mask: {m.fill_mask} is a {kind} model, not a masked LM")
         names["fill_mask"] = _model_name(folder)
         fill_mask = masked_lm_deployment(cfg).options(**_deployment_options(cfg, "MaskedLM")).bind(folder, threads)
     if m.tasks:
@@ -782,8 +782,8 @@ def build_app(cfg: ServeConfig):
         tasks = task_models_deployment(cfg).options(**_deployment_options(cfg, "TaskModels")).bind(registry, threads)
     if m.generate:
         folder = _folder(m.generate, "generate")
-        if _kind(folder) not in ("clm", "seq2seq"):
-            raise ValueError(f"models.generate: {m.generate} is a {_kind(folder)} model, not a generator")
+        if (kind := _kind(folder)) not in ("clm", "seq2seq"):
+            raise ValueError(f"models.generate: {m.generate} is a {kind} model, not a generator")
         names["generate"] = _model_name(folder)
         generator = GeneratorServer.options(**_deployment_options(cfg, "Generator")).bind(folder, threads)
     gateway = Gateway.options(
@@ -805,9 +805,10 @@ def start_serve(cfg: ServeConfig) -> None:
     serve.start(http_options=HTTPOptions(host=cfg.host, port=cfg.http_port), grpc_options=grpc)
 
 
-def deploy(cfg: ServeConfig, blocking: bool = False):
-    """Deploy ``cfg`` as the Serve application ``cfg.name``; returns its handle."""
-    app = build_app(cfg)
+def deploy(cfg: ServeConfig, blocking: bool = False, app=None):
+    """Deploy ``cfg`` as the Serve application ``cfg.name`` (``app``: already built from it);
+    returns its handle."""
+    app = app if app is not None else build_app(cfg)
     start_serve(cfg)
     return serve.run(app, name=cfg.name, route_prefix=cfg.route_prefix, blocking=blocking)
 

@@ -31,7 +31,7 @@ def main(cfg: ServeConfig) -> int:
     from fs_ray.serving import build_app
 
     try:
-        build_app(cfg)  # checks every model folder before anything is deployed
+        app = build_app(cfg)  # checks every model folder before anything is deployed
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -41,7 +41,7 @@ def main(cfg: ServeConfig) -> int:
 
     if not ray.is_initialized():
         ray.init()
-    deploy(cfg)
+    deploy(cfg, app=app)
     base = f"http://{cfg.host}:{cfg.http_port}{cfg.route_prefix.rstrip('/')}"
     print(f"[serve] application {cfg.name!r} is running")
     print(f"[serve]   page    {base}/")

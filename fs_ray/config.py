@@ -65,7 +65,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``--set`` overrides to a raw config dict (in place, returned for chaining)."""
     for text in overrides:
-        parts, value = parse_override(text)
+        keys, value = parse_override(text)
+        parts = _join_dotted_keys(data, keys)
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -77,6 +78,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[parts[-1]] = value
     return data
+
+
+def _join_dotted_keys(data: dict[str, Any], parts: list[str]) -> list[str]:
+    """Keys that themselves contain dots (a tune search space's ``optim.lr``) stay one part:
+    ``search_space.optim.lr.low`` -> [search_space, optim.lr, low] when ``optim.lr`` exists there."""
+    out, node, i = [], data, 0
+    while i < len(parts):
+        j = next(
+            (
+                j
+                for j in range(len(parts), i + 1, -1)
+                if isinstance(node, dict) and ".".join(parts[i:j]) in node
+            ),
+            i + 1,
+        )
+        key = ".".join(parts[i:j])
+        out.append(key)
+        node = node.get(key) if isinstance(node, dict) else None
+        i = j
+    return out
 
 
 def _format_errors(model: type[BaseModel], err: ValidationError, source: str) -> str:

@@ -256,6 +256,7 @@ def finetune_loop(config: dict[str, Any]) -> dict[str, Any] | None:
             metrics = _dev_metric(config, dev)
             record = {
                 "epoch": epoch,
+                "step": config["total_steps"] - steps_left,
                 "train_loss": sum(losses) / max(1, len(losses)),
                 **{f"dev_{k}": v for k, v in metrics.items()},
             }
@@ -337,8 +338,10 @@ def run_neural(
     export: bool,
     log=print,
     predict_test: bool = True,
+    callbacks: list | None = None,
 ):
-    """One TorchTrainer run; returns (dev predictions, dev scores, test predictions, history, seconds)."""
+    """One TorchTrainer run; returns (dev predictions, dev scores, test predictions, history, seconds).
+    ``callbacks``: Ray Train callbacks of the run (a Tune sweep passes its report callback)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -430,6 +433,7 @@ def run_neural(
             storage_path=train_dir,
             failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
+            callbacks=callbacks,
             # the fault-injection hook set on the driver (or the job) reaches the workers
             worker_runtime_env={"env_vars": {FAIL_ENV: os.environ[FAIL_ENV]}}
             if os.environ.get(FAIL_ENV)
@@ -481,6 +485,7 @@ def run_split(
     log=print,
     tfidf_future=None,
     predict_test: bool = True,
+    callbacks: list | None = None,
 ) -> dict:
     """One task/method/split: train (or fit), score dev, predict test when ``predict_test`` (the
     submission split, or a labelled test set); write metrics and predictions; reuse if done."""
@@ -502,7 +507,7 @@ def run_split(
     else:
         export = cfg.export == "all" or (cfg.export == "submission" and predict_test)
         dev_pred, dev_scores, test_pred, history, seconds, extra = run_neural(
-            cfg, split, method, tokenizer, out_dir, export, log, predict_test
+            cfg, split, method, tokenizer, out_dir, export, log, predict_test, callbacks
         )
     gold = gold_of(split, split.dev)
     metrics = score_labels(split.spec.metric, gold, dev_pred)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fs_ray.config import ConfigError, Section, load_config
 
@@ -416,26 +416,89 @@ class SearchParam(Section):
         return self
 
 
+class AshaSection(Section):
+    enabled: bool = Field(True, description="Stop weak trials early with ASHA (async successive halving).")
+    grace_period: PositiveInt = Field(
+        2, description="Epochs (summed over a trial's splits) every trial runs before it can be stopped."
+    )
+    reduction_factor: float = Field(
+        2.0, gt=1, description="Keep the top 1/reduction_factor of trials at each rung."
+    )
+
+
 class TuneConfig(Section):
-    """Sweep fine-tuning hyperparameters with Ray Tune."""
+    """Sweep fine-tuning hyperparameters with Ray Tune: one experiment per task, every trial a
+    fine-tuning run over the task's splits, ASHA on the running mean dev metric."""
 
     kind: Literal["tune"] = "tune"
     run: RunSection = Field(default_factory=RunSection, description="Name, storage and seed.")
     base: FinetuneConfig = Field(
-        default_factory=FinetuneConfig, description="The finetune run each trial starts from."
+        default_factory=FinetuneConfig,
+        description="The finetune run each trial starts from (model, data, max_len, scaling, deepspeed, ...).",
     )
-    tasks: list[str] = Field(default_factory=lambda: ["eprstmt"], description="Tasks to sweep.")
+    tasks: list[str] = Field(default_factory=lambda: ["eprstmt"], description="Tasks to sweep, one by one.")
+    splits: list[str] | None = Field(
+        None,
+        description="Splits every trial trains and scores; the objective is their mean dev metric. "
+        "Default: the task's numbered splits (FewCLUE 0-4), or its only split.",
+    )
+    search_alg: Literal["random", "grid", "optuna"] = Field(
+        "random",
+        description="random and grid: Tune's variant generator (grid points x num_samples); optuna: TPE.",
+    )
     search_space: dict[str, SearchParam] = Field(
         default_factory=dict,
-        description="Dotted finetune field -> distribution, e.g. optim.lr: {type: loguniform, ...}.",
+        description="Dotted finetune field -> distribution, e.g. optim.lr: {type: loguniform, low: 1e-5, "
+        "high: 1e-3}; `method` picks head or unimc; model.overrides.hidden_dropout_prob sets dropout.",
     )
-    search_alg: Literal["random", "grid", "optuna"] = Field("random", description="Search algorithm.")
     num_samples: PositiveInt = Field(8, description="Trials (per grid point for grid search).")
-    metric: str = Field("dev_mean", description="Metric to maximise (the task metric averaged over splits).")
-    asha: bool = Field(True, description="Stop weak trials early with ASHA.")
+    asha: AshaSection = Field(default_factory=AshaSection, description="Early stopping.")
     max_concurrent_trials: PositiveInt | None = Field(
-        None, description="Default: derived from cluster resources."
+        None,
+        description="Trials in flight at once. Default: how many trials' worker groups the cluster's "
+        "CPUs (GPUs with scaling.use_gpu) hold at the start, so no trial driver waits idle.",
     )
+    trial_max_failures: int = Field(
+        1, ge=0, description="Times Tune restarts a failed trial (its Train run resumes from its checkpoint)."
+    )
+    export_best: bool = Field(
+        True,
+        description="After the sweep, fine-tune each task's best config on base.submission_split and export "
+        "that model (and its submission file).",
+    )
+    overwrite: bool = Field(
+        False, description="Start the sweep over instead of resuming one with the same run.name."
+    )
+
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _split_names_are_text(cls, v: Any) -> Any:
+        return [str(x) for x in v] if isinstance(v, list) else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _base_runs_the_swept_tasks(cls, data: Any) -> Any:
+        """base.task.names defaults to ``tasks`` (so base.per_task may name any swept task)."""
+        if isinstance(data, dict) and isinstance(data.get("base"), dict):
+            base = dict(data["base"])
+            task = dict(base.get("task") or {})
+            task.setdefault("names", list(data.get("tasks") or ["eprstmt"]))
+            base["task"] = task
+            data = {**data, "base": base}
+        return data
+
+    @field_validator("search_space")
+    @classmethod
+    def _space_is_usable(cls, space: dict[str, SearchParam], info: ValidationInfo) -> dict[str, SearchParam]:
+        if not space:
+            raise ValueError("empty: name at least one field to sweep")
+        alg = info.data.get("search_alg")
+        for key, param in space.items():
+            if alg == "optuna" and param.type == "grid":
+                raise ValueError(f"{key}: grid needs search_alg grid or random, not optuna")
+            if alg == "grid" and param.type != "grid":
+                raise ValueError(f"{key}: search_alg grid takes only grid parameters (got {param.type})")
+        return space
 
 
 # ----------------------------------------------------------------------------------------------
@@ -479,7 +542,9 @@ class ServeLimits(Section):
     )
     max_items: PositiveInt = Field(64, description="Most texts in one request (more: 413).")
     max_new_tokens: PositiveInt = Field(128, description="Upper bound on generate's max_new_tokens.")
-    default_new_tokens: PositiveInt = Field(32, description="generate's max_new_tokens when a request gives none.")
+    default_new_tokens: PositiveInt = Field(
+        32, description="generate's max_new_tokens when a request gives none."
+    )
 
 
 class ServeReplicas(Section):
@@ -491,7 +556,9 @@ class ServeReplicas(Section):
     num_cpus: float = Field(1.0, ge=0, description="CPUs reserved by each model replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per model replica (fractions share a GPU).")
     torch_threads: NonNegInt = Field(0, description="torch threads per model replica (0: torch's default).")
-    gateway_cpus: float = Field(0.1, ge=0, description="CPUs reserved by each gateway (HTTP/gRPC ingress) replica.")
+    gateway_cpus: float = Field(
+        0.1, ge=0, description="CPUs reserved by each gateway (HTTP/gRPC ingress) replica."
+    )
     max_task_models: PositiveInt = Field(
         4, description="Fine-tuned models a replica keeps loaded (LRU: the least recently used is evicted)."
     )
@@ -515,7 +582,8 @@ class ServeConfig(Section):
         description="Env var (on the replicas) holding a bearer token required on inference routes when set.",
     )
     auth_token_file: str | None = Field(
-        None, description="File holding the bearer token (e.g. a mounted Kubernetes secret); wins over the env var."
+        None,
+        description="File holding the bearer token (e.g. a mounted Kubernetes secret); wins over the env var.",
     )
 
     @field_validator("route_prefix")

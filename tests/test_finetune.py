@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -20,83 +19,7 @@ from fs_ray.finetune import run
 from fs_ray.run_configs import FinetuneConfig
 from fs_ray.tasks import load_split
 from fs_ray.tokenization import load_tokenizer
-
-FILLER = "的一在了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行"
-CITIES = ["北京", "上海", "广州", "深圳"]
-
-
-def _filler(rng: random.Random, n: int) -> str:
-    return "".join(rng.choice(FILLER) for _ in range(n))
-
-
-def _write_tasks(root: Path, n_single: int = 96) -> None:
-    rng = random.Random(0)
-
-    def jsonl(path: Path, rows: list[dict]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-    def single(n: int, offset: int) -> list[dict]:
-        rows = []
-        for i in range(n):
-            y = rng.random() < 0.5
-            rows.append(
-                {
-                    "id": offset + i,
-                    "sentence": _filler(rng, 6) + ("好" if y else "坏") + _filler(rng, 6),
-                    "label": "pos" if y else "neg",
-                }
-            )
-        return rows
-
-    jsonl(root / "sep_single/train_0.json", single(n_single, 0))
-    jsonl(root / "sep_single/dev_0.json", single(32, 100))
-    jsonl(
-        root / "sep_single/test.json", [{k: v for k, v in r.items() if k != "label"} for r in single(16, 200)]
-    )
-
-    def choice(n: int) -> list[dict]:
-        rows = []
-        for i in range(n):
-            cands = [_filler(rng, 2) for _ in range(4)]
-            answer = rng.randrange(4)
-            cands[answer] = "甲" + cands[answer][1]
-            rows.append(
-                {
-                    "id": i,
-                    "content": _filler(rng, 5) + "#idiom#" + _filler(rng, 5),
-                    "candidates": cands,
-                    "answer": answer,
-                }
-            )
-        return rows
-
-    jsonl(root / "sep_choice/train_0.json", choice(48))
-    jsonl(root / "sep_choice/dev_0.json", choice(24))
-
-    def tagged(n: int) -> list[str]:
-        lines = ["text_a\tlabel"]
-        for _ in range(n):
-            a, city, b = _filler(rng, 4), rng.choice(CITIES), _filler(rng, 4)
-            chars = list(a + city + b)
-            tags = ["O"] * 4 + ["B-LOC", "I-LOC"] + ["O"] * 4
-            lines.append(" ".join(chars) + "\t" + " ".join(tags))
-        return lines
-
-    (root / "sep_tag").mkdir()
-    (root / "sep_tag/train.tsv").write_text("\n".join(tagged(48)), encoding="utf-8")
-    (root / "sep_tag/dev.tsv").write_text("\n".join(tagged(24)), encoding="utf-8")
-
-
-SPECS = [
-    "task_specs.sep_single={shape: single, path: sep_single, text_fields: [sentence], labels: [neg, pos], "
-    "verbalizer: {neg: 坏, pos: 好}, question: 这句话说的是？, splits: ['0'], submission_file: sep_predict.json}",
-    "task_specs.sep_choice={shape: choice, path: sep_choice, text_fields: [content], label_field: answer, "
-    "splits: ['0'], test_file: null}",
-    "task_specs.sep_tag={shape: tagging, path: sep_tag, format: tsv, text_fields: [text_a], splits: [full], "
-    "train_file: train.tsv, dev_file: dev.tsv, test_file: null, metric: entity_f1, "
-    "labels: [O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG]}",
-]
+from tests.task_data import SPECS, _write_tasks
 
 
 def _cfg(tmp_path: Path, *more: str) -> FinetuneConfig:

@@ -199,7 +199,7 @@ def _callback_class():
                 "epochs_total": _epochs(self.finished) + m["epoch"],
                 "steps_total": _steps(self.finished) + m.get("step", 0),
                 "train_loss": m["train_loss"],
-                "done": 0,
+                "all_splits_done": 0,
             }
             super().after_report(run_context, [view], None)
 
@@ -271,7 +271,7 @@ def trial_fn(params: dict[str, Any], *, sweep: dict[str, Any], splits: dict, tok
             "n_splits": len(names),
             "epochs_total": summary["epochs_total"],
             "steps_total": summary["steps_total"],
-            "done": 1,
+            "all_splits_done": 1,
         }
     )
 
@@ -279,14 +279,17 @@ def trial_fn(params: dict[str, Any], *, sweep: dict[str, Any], splits: dict, tok
 # ---------------------------------------------------------------------------------------------
 # driver side
 # ---------------------------------------------------------------------------------------------
-def _search_alg(cfg: TuneConfig):
+def _search_alg(cfg: TuneConfig, concurrency: int):
+    """The searcher, holding at most ``concurrency`` trials in flight (Tune's own
+    ``max_concurrent_trials`` does not reach a variant generator passed in as an object)."""
     if cfg.search_alg == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=cfg.run.seed)
+        return ConcurrencyLimiter(OptunaSearch(seed=cfg.run.seed), max_concurrent=concurrency)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.run.seed)
+    return BasicVariantGenerator(random_state=cfg.run.seed, max_concurrent=concurrency)
 
 
 def _progress(exp_path: str) -> dict[str, list[tuple[float, float]]]:
@@ -383,7 +386,7 @@ def _trial_rows(results, trials_dir: str) -> list[dict]:
                 for e, v in zip(history["epochs_total"], history["dev_mean"], strict=True)
                 if not (isinstance(v, float) and math.isnan(v))
             ]
-        done = bool(result.metrics.get("done"))
+        done = bool(result.metrics.get("all_splits_done"))
         summary = {}
         path = storage.join(trials_dir, trial_id, TRIAL_FILE)
         if done and storage.exists(path):
@@ -450,8 +453,9 @@ def plot_sweep(path: str, task: str, rows: list[dict], best_id: str | None) -> N
         ys = [100 * y for y in ys]
         best = r["trial_id"] == best_id
         if r["status"] == "completed":
+            label = f"{r['trial_id']}{' (best)' if best else ''}: {_params_text(r['params'])}"
             ax.plot(xs, ys, "-", lw=2.5 if best else 1.2, marker="o", ms=3,
-                    label=f"{r['trial_id']}{' (best)' if best else ''}")  # fmt: skip
+                    label=label if len(label) <= 90 else label[:87] + "...")  # fmt: skip
         else:
             (line,) = ax.plot(xs, ys, "--", lw=1, alpha=0.7)
             ax.plot(xs[-1], ys[-1], "x", ms=9, mew=2, color=line.get_color())
@@ -577,10 +581,9 @@ def sweep_task(cfg: TuneConfig, task: str, task_plan: dict, out: str, log=print)
             tune_config=tune.TuneConfig(
                 metric="dev_mean",
                 mode="max",
-                search_alg=_search_alg(cfg),
+                search_alg=_search_alg(cfg, concurrency),
                 scheduler=_scheduler(cfg, task, len(names), exp_path),
                 num_samples=cfg.num_samples,
-                max_concurrent_trials=concurrency,
             ),
             run_config=tune.RunConfig(
                 name=exp_name,

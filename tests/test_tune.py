@@ -185,11 +185,19 @@ def test_sweep_asha_restore_leaderboard_plot_and_export(tmp_path):
             first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
             _wait(lambda: len(list(trials.glob("*/trial.json"))) >= 1, 900, "the first trial", first, log1)
+            (done_before,) = list(trials.glob("*/trial.json"))
+            finished_at = done_before.stat().st_mtime
+            # Tune has moved on (the next trial trains) and saved its experiment state since
+            _wait(lambda: len(list(trials.glob("*/train"))) >= 2, 300, "the second trial", first, log1)
+            states = sweep / "sep_single/experiment"
+            _wait(
+                lambda: max(p.stat().st_mtime for p in states.glob("experiment_state-*.json")) > finished_at + 1,
+                300, "the experiment state after the first trial", first, log1,
+            )  # fmt: skip
             os.killpg(first.pid, signal.SIGKILL)
             first.wait()
-        (done_before,) = list(trials.glob("*/trial.json"))
-        stamp_before = done_before.stat().st_mtime_ns
-        assert not (sweep / "leaderboard.csv").exists()
+        assert len(list(trials.glob("*/trial.json"))) == 1 and not (sweep / "leaderboard.csv").exists()
+        kept = {p: p.stat().st_mtime_ns for p in done_before.parent.rglob("*") if p.is_file()}
 
         # 2. the same command again: the experiment is restored, the finished trial kept
         log2 = tmp_path / "driver2.log"
@@ -198,7 +206,8 @@ def test_sweep_asha_restore_leaderboard_plot_and_export(tmp_path):
         text = log2.read_text()
         assert second.returncode == 0, text[-5000:]
         assert "resuming the sweep" in text
-        assert done_before.stat().st_mtime_ns == stamp_before  # the finished trial did not run again
+        # the finished trial did not run again: none of its files (results, Train runs) was touched
+        assert {p: p.stat().st_mtime_ns for p in done_before.parent.rglob("*") if p.is_file()} == kept
     finally:
         down(cluster, quiet=True)
         shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,106 @@
+"""ASHA vs. running every trial to completion: the same search space, seed and trials, side by side.
+
+    .venv/bin/python tests/benchmarks/bench_tune.py --model runs/erlangshen-small-clue/export \
+        [--task eprstmt] [--data-root asset://] [--samples 8] [--splits 0 1] [--out runs/bench_tune]
+
+Two sweeps of ``tune/fewclue.py``'s code path on one private local Ray cluster, one after the
+other: random search over lr / epochs / batch size / warmup / dropout with the same seed (so
+both draw the same trial configs), every trial fine-tuning the same splits. One has ASHA on
+(grace 4 epochs, reduction factor 2), the other runs every trial to the end. Printed: each
+sweep's best dev mean over splits, the optimizer steps and epochs all its trials spent, its wall
+time, and the ratios. Target: ASHA within 1 point of the exhaustive best with <= 50% of its steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+
+def sweep_config(args, name: str, asha: bool):
+    from fs_ray.config import validate
+    from fs_ray.run_configs import TuneConfig
+
+    data = {
+        "kind": "tune",
+        "run": {"name": name, "storage_path": str(Path(args.out).resolve()), "seed": args.seed},
+        "tasks": [args.task],
+        "splits": args.splits,
+        "base": {
+            "model": {"family": "erlangshen", "preset": "small", "from_pretrained": args.model},
+            "task": {"data_root": args.data_root, "max_len": 128},
+            "methods": ["head"],
+            "optim": {"lr": 2e-4, "epochs": 10, "micro_batch_size": 8},
+            "checkpoint": {"every_n_epochs": 2},
+            "deepspeed": {"zero_stage": 1},
+            "scaling": {"num_workers": args.workers, "cpus_per_worker": 1},
+        },
+        "search_space": {
+            "optim.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-3},
+            "optim.epochs": {"type": "choice", "values": [10, 20]},
+            "optim.micro_batch_size": {"type": "choice", "values": [4, 8]},
+            "optim.warmup_steps": {"type": "randint", "low": 0, "high": 10},
+            "model.overrides.hidden_dropout_prob": {"type": "uniform", "low": 0.0, "high": 0.2},
+        },
+        "search_alg": "random",
+        "num_samples": args.samples,
+        "asha": {"enabled": asha, "grace_period": 4, "reduction_factor": 2},
+        "export_best": False,
+    }
+    return validate(TuneConfig, data, name)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="exported pretrained encoder folder to fine-tune")
+    p.add_argument("--task", default="eprstmt")
+    p.add_argument("--data-root", default="asset://", help="folder holding fewclue/<task> (asset://: shipped eprstmt)")
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--splits", nargs="+", default=["0", "1"])
+    p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the private Ray instance")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", default="runs/bench_tune")
+    args = p.parse_args()
+
+    import ray
+
+    from fs_ray import sweep
+
+    shutil.rmtree(args.out, ignore_errors=True)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, configure_logging=False)
+    results = {}
+    try:
+        for name, asha in (("exhaustive", False), ("asha", True)):
+            t = time.monotonic()
+            out = sweep.run(sweep_config(args, name, asha), log=print)
+            (row,) = out["board"]
+            results[name] = {**row, "wall": time.monotonic() - t}
+    finally:
+        ray.shutdown()
+
+    full, asha = results["exhaustive"], results["asha"]
+    print()
+    print(f"task {args.task}, splits {args.splits}, {args.samples} trials, same seed and configs in both sweeps")
+    print(f"{'sweep':<12}{'best dev mean':>15}{'trials (done/stopped)':>24}{'epochs':>8}{'steps':>8}{'wall (s)':>10}")
+    for name, r in results.items():
+        print(
+            f"{name:<12}{100 * r['dev_mean']:>14.2f}%{r['trials']:>12} ({r['completed']}/{r['stopped']}){'':>5}"
+            f"{r['epochs']:>8}{r['steps']:>8}{r['wall']:>10.0f}"
+        )
+    gap = 100 * (full["dev_mean"] - asha["dev_mean"])
+    ratio = asha["steps"] / max(1, full["steps"])
+    print(f"ASHA best - exhaustive best: {-gap:+.2f} points (target: within 1.00)")
+    print(f"ASHA steps / exhaustive steps: {ratio:.2f} (target: <= 0.50); wall ratio {asha['wall'] / full['wall']:.2f}")
+    print(f"ASHA best: {asha['best_config']}\nexhaustive best: {full['best_config']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -40,7 +40,7 @@ import time
 from typing import Any
 
 from fs_ray import storage
-from fs_ray.config import ConfigError, apply_overrides, to_yaml, validate
+from fs_ray.config import ConfigError, to_yaml, validate
 from fs_ray.finetune import FinetuneError, _specs, plan, run_split
 from fs_ray.run_configs import FinetuneConfig, SearchParam, TuneConfig
 
@@ -103,13 +103,16 @@ def trial_config(
         data["task"]["splits"] = splits
     methods = [m for m in base.methods if m in ("head", "unimc")]
     data["methods"] = [params.get(METHOD_KEY, methods[0] if methods else "head")]
-    overrides = []
-    for key, value in params.items():
+    for key, value in params.items():  # set as sampled (not through --set text: 1e-05 stays a float)
         if key == METHOD_KEY:
             continue
-        overrides.append(f"{key}={json.dumps(value)}")
+        node, parts = data, key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SweepError(f"search_space.{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        node[parts[-1]] = value
     try:
-        apply_overrides(data, overrides)
         return validate(FinetuneConfig, data, f"search_space for task {task}")
     except ConfigError as err:
         raise SweepError(str(err)) from None
@@ -146,8 +149,9 @@ def check(cfg: TuneConfig) -> dict[str, Any]:
         except FinetuneError as err:
             raise SweepError(f"task {task}: {err}") from None
         plans[task]["split_names"] = splits
-        if any(tcfg.methods[0] == "unimc" and s.shape == "tagging" for s in plans[task]["specs"].values()):
-            raise SweepError(f"task {task}: UniMC scores options; {task} is tagging (sweep head)")
+        methods = cfg.search_space[METHOD_KEY].values if METHOD_KEY in cfg.search_space else tcfg.methods
+        if "unimc" in methods and plans[task]["specs"][task].shape == "tagging":
+            raise SweepError(f"task {task}: UniMC scores options; {task} is tagging (sweep head only)")
     return plans
 
 

@@ -78,8 +78,9 @@ def main() -> int:
 
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)
-    # The dashboard's state API is how Ray Train's PlacementGroupCleaner sees that a trial stopped by
-    # ASHA took its Train controller down; without it the stopped trial's worker CPUs are never freed.
+    # Run it with no other Ray instance on the machine: Ray Train's PlacementGroupCleaner, which frees
+    # the worker CPUs of a trial ASHA stopped, looks its cluster up by address and fails with "Found
+    # multiple active Ray instances" otherwise; the next trials then time out waiting for CPUs.
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=True, configure_logging=False)
     results = {}
     try:

@@ -40,13 +40,23 @@ def free_port_block(size: int = 1000, start: int = 30000) -> int:
     raise RuntimeError("no free port block")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def ray_local():
-    """One private local Ray instance for every test that needs Ray but not the job server."""
+    """One private local Ray instance for every test that needs Ray but not the job server; started
+    on first use and kept for the session (a test that needs the machine to itself may stop it)."""
     import ray
 
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False
-    )
+    if not ray.is_initialized():
+        ray.init(
+            address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False
+        )
     yield ray
-    ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_ray_local():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

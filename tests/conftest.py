@@ -40,10 +40,11 @@ def free_port_block(size: int = 1000, start: int = 30000) -> int:
     raise RuntimeError("no free port block")
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_local():
     """One private local Ray instance for every test that needs Ray but not the job server; started
-    on first use and kept for the session (a test that needs the machine to itself may stop it)."""
+    on first use and kept for the session (a test that needs the machine to itself may stop it).
+    Module-scoped so module fixtures can use it, and so a module after such a test gets it back."""
     import ray
 
     if not ray.is_initialized():

@@ -1,4 +1,4 @@
-"""ASHA vs. running every trial to completion: the same search space, seed and trials, side by side.
+r"""ASHA vs. running every trial to completion: the same search space, seed and trials, side by side.
 
     .venv/bin/python tests/benchmarks/bench_tune.py --model runs/erlangshen-small-clue/export \
         [--task eprstmt] [--data-root asset://] [--samples 8] [--splits 0 1] [--out runs/bench_tune]
@@ -6,7 +6,8 @@
 Two sweeps of ``tune/fewclue.py``'s code path on one private local Ray cluster, one after the
 other: random search over lr / epochs / batch size / warmup / dropout with the same seed (so
 both draw the same trial configs), every trial fine-tuning the same splits. One has ASHA on
-(grace 4 epochs, reduction factor 2), the other runs every trial to the end. Printed: each
+(grace 4 epochs and reduction factor 2 unless ``--grace`` / ``--reduction-factor`` say
+otherwise), the other runs every trial to the end. Printed: each
 sweep's best dev mean over splits, the optimizer steps and epochs all its trials spent, its wall
 time, and the ratios. Target: ASHA within 1 point of the exhaustive best with <= 50% of its steps.
 Sweeps already in ``--out`` are resumed or reused (``--fresh`` starts over), so an interrupted
@@ -52,7 +53,7 @@ def sweep_config(args, name: str, asha: bool):
         },
         "search_alg": "random",
         "num_samples": args.samples,
-        "asha": {"enabled": asha, "grace_period": 4, "reduction_factor": 2},
+        "asha": {"enabled": asha, "grace_period": args.grace, "reduction_factor": args.reduction_factor},
         "export_best": False,
     }
     return validate(TuneConfig, data, name)
@@ -68,6 +69,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the private Ray instance")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--grace", type=int, default=4, help="ASHA grace period, in epochs summed over splits")
+    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps 1/N of the trials at each rung")
     p.add_argument("--out", default="runs/bench_tune")
     p.add_argument("--fresh", action="store_true", help="delete --out first (default: resume / reuse its sweeps)")
     args = p.parse_args()
@@ -84,7 +87,9 @@ def main() -> int:
     ray.init(address="local", num_cpus=args.cpus, include_dashboard=True, configure_logging=False)
     results = {}
     try:
-        for name, asha in (("exhaustive", False), ("asha", True)):
+        # the ASHA sweep is named by its rungs, so several settings reuse one exhaustive sweep in --out
+        asha_name = "asha" if (args.grace, args.reduction_factor) == (4, 2) else f"asha-g{args.grace}-rf{args.reduction_factor}"
+        for name, asha in (("exhaustive", False), (asha_name, True)):
             t = time.monotonic()
             out = sweep.run(sweep_config(args, name, asha), log=print)
             (row,) = out["board"]
@@ -92,9 +97,10 @@ def main() -> int:
     finally:
         ray.shutdown()
 
-    full, asha = results["exhaustive"], results["asha"]
+    full, asha = results["exhaustive"], results[asha_name]
     print()
-    print(f"task {args.task}, splits {args.splits}, {args.samples} trials, same seed and configs in both sweeps")
+    print(f"task {args.task}, splits {args.splits}, {args.samples} trials, same seed and configs in both sweeps; "
+          f"ASHA grace {args.grace} epochs, reduction factor {args.reduction_factor}")  # fmt: skip
     print(f"{'sweep':<12}{'best dev mean':>15}{'trials (done/stopped)':>24}{'epochs':>8}{'steps':>8}"
           f"{'trial s':>10}{'wall s':>8}")  # fmt: skip
     for name, r in results.items():

@@ -53,7 +53,10 @@ def sweep_config(args, name: str, asha: bool):
         },
         "search_alg": "random",
         "num_samples": args.samples,
-        "asha": {"enabled": asha, "grace_period": args.grace, "reduction_factor": args.reduction_factor},
+        # rungs only matter with ASHA on; the exhaustive sweep keeps one config so every setting reuses it
+        "asha": {"enabled": True, "grace_period": args.grace, "reduction_factor": args.reduction_factor}
+        if asha
+        else {"enabled": False, "grace_period": 4, "reduction_factor": 2},
         "export_best": False,
     }
     return validate(TuneConfig, data, name)

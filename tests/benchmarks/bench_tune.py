@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+GRACE, REDUCTION_FACTOR = 4, 2  # ASHA rungs of the plain "asha" sweep (and the exhaustive config)
 sys.path.insert(0, str(REPO))
 
 
@@ -56,7 +57,7 @@ def sweep_config(args, name: str, asha: bool):
         # rungs only matter with ASHA on; the exhaustive sweep keeps one config so every setting reuses it
         "asha": {"enabled": True, "grace_period": args.grace, "reduction_factor": args.reduction_factor}
         if asha
-        else {"enabled": False, "grace_period": 4, "reduction_factor": 2},
+        else {"enabled": False, "grace_period": GRACE, "reduction_factor": REDUCTION_FACTOR},
         "export_best": False,
     }
     return validate(TuneConfig, data, name)
@@ -72,8 +73,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the private Ray instance")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--grace", type=int, default=4, help="ASHA grace period, in epochs summed over splits")
-    p.add_argument("--reduction-factor", type=int, default=2, help="ASHA keeps 1/N of the trials at each rung")
+    p.add_argument("--grace", type=int, default=GRACE, help="ASHA grace period, in epochs summed over splits")
+    p.add_argument("--reduction-factor", type=int, default=REDUCTION_FACTOR, help="ASHA keeps 1/N of the trials at each rung")
     p.add_argument("--out", default="runs/bench_tune")
     p.add_argument("--fresh", action="store_true", help="delete --out first (default: resume / reuse its sweeps)")
     args = p.parse_args()
@@ -91,7 +92,8 @@ def main() -> int:
     results = {}
     try:
         # the ASHA sweep is named by its rungs, so several settings reuse one exhaustive sweep in --out
-        asha_name = "asha" if (args.grace, args.reduction_factor) == (4, 2) else f"asha-g{args.grace}-rf{args.reduction_factor}"
+        rungs = (args.grace, args.reduction_factor)
+        asha_name = "asha" if rungs == (GRACE, REDUCTION_FACTOR) else "asha-g{}-rf{}".format(*rungs)
         for name, asha in (("exhaustive", False), (asha_name, True)):
             t = time.monotonic()
             out = sweep.run(sweep_config(args, name, asha), log=print)

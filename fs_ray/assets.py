@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
@@ -33,3 +34,10 @@ def resolve_path(value: str) -> str:
     if value.startswith("asset://"):
         return str(asset_path(value.removeprefix("asset://")))
     return value
+
+
+def absolute(value: str) -> str:
+    """:func:`resolve_path`, then a local path made absolute (workers run in folders of their own);
+    URIs pass through."""
+    path = resolve_path(value)
+    return path if "://" in path else os.path.abspath(path)

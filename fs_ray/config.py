@@ -24,6 +24,8 @@ __all__ = [
     "describe_fields",
     "load_config",
     "parse_override",
+    "resolved_yaml",
+    "set_dotted",
     "write_resolved",
 ]
 
@@ -66,18 +68,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     """Apply ``--set`` overrides to a raw config dict (in place, returned for chaining)."""
     for text in overrides:
         keys, value = parse_override(text)
-        parts = _join_dotted_keys(data, keys)
-        node = data
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                where = ".".join(parts[: i + 1])
-                raise ConfigError(f"override {text!r}: {where} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_dotted(data, _join_dotted_keys(data, keys), value)
+        except ConfigError as err:
+            raise ConfigError(f"override {text!r}: {err}") from None
     return data
+
+
+def set_dotted(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    """``data[a][b][c] = value`` for ``parts == [a, b, c]``, creating missing sections."""
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def _join_dotted_keys(data: dict[str, Any], parts: list[str]) -> list[str]:
@@ -183,16 +191,17 @@ def to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-def write_resolved(cfg: BaseModel, directory: str | Path, name: str = RESOLVED_CONFIG_NAME) -> Path:
-    """Write the fully resolved config (defaults filled in) into ``directory``; return its path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    target = directory / name
-    tmp = target.with_suffix(target.suffix + ".tmp")
-    tmp.write_text(
-        f"# resolved {type(cfg).__name__}; rerun with --config {name}\n" + to_yaml(cfg), encoding="utf-8"
-    )
-    tmp.replace(target)
+def resolved_yaml(cfg: BaseModel) -> str:
+    """The fully resolved config (defaults filled in) as written next to every result."""
+    return f"# resolved {type(cfg).__name__}; rerun with --config {RESOLVED_CONFIG_NAME}\n" + to_yaml(cfg)
+
+
+def write_resolved(cfg: BaseModel, directory: str) -> str:
+    """Write :func:`resolved_yaml` as ``<directory>/config.yaml`` (a local folder or a URI); return its path."""
+    from fs_ray import storage
+
+    target = storage.join(str(directory), RESOLVED_CONFIG_NAME)
+    storage.write_text(target, resolved_yaml(cfg))
     return target
 
 

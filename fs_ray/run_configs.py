@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from fs_ray.config import ConfigError, Section, load_config
+from fs_ray.families import DEFAULT_FAMILY
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -47,6 +48,13 @@ class RunSection(Section):
         from fs_ray.storage import join
 
         return join(self.storage_path, self.name)
+
+    def run_dir(self) -> str:
+        """:meth:`output_dir` resolved: ``asset://`` expanded and a local path made absolute
+        (workers and Tune trials run in working folders of their own)."""
+        from fs_ray.assets import absolute
+
+        return absolute(self.output_dir())
 
 
 class ScalingSection(Section):
@@ -172,18 +180,51 @@ class PrepareConfig(Section):
 # ----------------------------------------------------------------------------------------------
 # pretrain / finetune: Ray Train + DeepSpeed
 # ----------------------------------------------------------------------------------------------
+def _families_help() -> str:
+    from fs_ray.families import FAMILIES
+
+    return "; ".join(f"{f.name}: {f.summary} (presets {', '.join(f.presets)})" for f in FAMILIES.values())
+
+
 class ModelSection(Section):
-    family: Literal["erlangshen", "wenzhong", "yuyuan", "randeng", "zhouwenwang"] = Field(
-        "erlangshen",
-        description="Model family: erlangshen (BERT MLM), wenzhong/yuyuan (GPT2), randeng (T5), ...",
-    )
+    family: str = Field(DEFAULT_FAMILY, description="Model family. " + _families_help() + ".")
     preset: str = Field(
-        "tiny", description="Named size preset (tiny, base, large, 1.3b); ignored with from_pretrained."
+        "tiny", description="Named size preset of the family (see family); ignored with from_pretrained."
+    )
+    objective: str | None = Field(
+        None, description="Pretraining objective; default: the family's own (erlangshen mlm, wenzhong clm, ...)."
     )
     from_pretrained: str | None = Field(None, description="Local Hugging Face folder to continue from.")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Hugging Face config fields to override."
     )
+
+    @field_validator("family")
+    @classmethod
+    def _implemented(cls, v: str) -> str:
+        from fs_ray.families import get_family
+
+        get_family(v)
+        return v
+
+    @model_validator(mode="after")
+    def _fits_the_family(self) -> ModelSection:
+        from fs_ray.families import get_family
+
+        family = get_family(self.family)
+        if not self.from_pretrained:
+            family.check_preset(self.preset)
+        if self.objective is not None and self.objective not in family.objectives:
+            raise ValueError(
+                f"objective: {self.objective!r} is not a {self.family} objective ({', '.join(family.objectives)})"
+            )
+        return self
+
+    @property
+    def objective_name(self) -> str:
+        from fs_ray.families import get_family
+
+        return self.objective or get_family(self.family).default_objective
 
 
 class OptimSection(Section):
@@ -248,6 +289,12 @@ class PretrainConfig(Section):
     checkpoint: CheckpointSection = Field(
         default_factory=CheckpointSection, description="Checkpointing and restarts."
     )
+
+
+def _methods_help() -> str:
+    from fs_ray.objectives import METHODS
+
+    return "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
 
 
 class FinetuneTasks(Section):
@@ -326,11 +373,19 @@ class FinetuneConfig(Section):
         default_factory=dict,
         description="Extra tasks in a known shape: name -> TaskSpec fields (shape, path, text_fields, ...).",
     )
-    methods: list[Literal["head", "unimc", "unimc_zero", "tfidf"]] = Field(
+    methods: list[str] = Field(
         default_factory=lambda: ["head", "tfidf"],
-        description="head: fine-tune a task head; unimc: UniMC multiple choice trained few-shot; unimc_zero: "
-        "UniMC zero-shot (no training); tfidf: the char n-gram TF-IDF + logistic regression floor.",
+        description="Fine-tuning methods, each run on every task and split. " + _methods_help() + ".",
     )
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        from fs_ray.objectives import get_method
+
+        for name in v:
+            get_method(name)
+        return v
     optim: FinetuneOptim = Field(default_factory=FinetuneOptim, description="Optimizer and schedule.")
     deepspeed: DeepSpeedSection = Field(
         default_factory=DeepSpeedSection, description="DeepSpeed engine options."
@@ -362,7 +417,7 @@ class FinetuneConfig(Section):
 
     @model_validator(mode="after")
     def _specs_are_valid(self) -> FinetuneConfig:
-        from fs_ray.tasks import TaskSpec
+        from fs_ray.data.tasks import TaskSpec
 
         for name, spec in self.task_specs.items():
             try:
@@ -524,10 +579,18 @@ class ServeModels(Section):
 
 class ServeBatching(Section):
     max_batch_size: PositiveInt = Field(
-        16, description="@serve.batch: most requests answered by one forward pass (1 turns batching off)."
+        16,
+        description="@serve.batch: most requests the gateway groups into one call to a model replica, and the "
+        "replica into one batch (1 turns batching off). A request may carry several texts (limits.max_items).",
     )
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="@serve.batch: longest wait for a batch to fill after its first request."
+        0.005,
+        ge=0,
+        description="@serve.batch at the gateway: longest wait for a batch to fill after its first request "
+        "(replicas take what the gateway sends without waiting again).",
+    )
+    max_forward_texts: PositiveInt = Field(
+        64, description="Most texts in one forward pass; a larger batch of texts runs in several passes."
     )
     max_ongoing_requests: PositiveInt = Field(
         64,

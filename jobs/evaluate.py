@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from fs_ray.cli import run_cli
-from fs_ray.finetune import main
 from fs_ray.run_configs import FinetuneConfig
+from fs_ray.training.checkpoint import TASK_FILE
+from fs_ray.training.finetune import main
 
 
 def card_defaults(argv: list[str]) -> list[str]:
@@ -28,11 +29,13 @@ def card_defaults(argv: list[str]) -> list[str]:
         (a.split("=", 1)[1] for a in argv if a.startswith("model.from_pretrained=")),
         None,
     )
-    card_path = Path(folder or "") / "fs_ray_task.json"
+    card_path = Path(folder or "") / TASK_FILE
     defaults = ["optim.epochs=0", "run.name=evaluate"]
     if folder and card_path.is_file():
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        method = "unimc_zero" if card["method"].startswith("unimc") else card["method"]
+        from fs_ray.objectives import get_method
+
+        method = get_method(card["method"]).evaluate_as or card["method"]
         defaults += [
             f"task.names=[{card['task']}]",
             f"methods=[{method}]",

@@ -12,7 +12,6 @@ them and fails if they differ.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 
@@ -26,19 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("out", nargs="?", help="Output folder (default: <run folder>/export).")
     args = parser.parse_args(argv)
-    from fs_ray.export import export_checkpoint
+    from fs_ray.training import checkpoint as layout
+    from fs_ray.training.export import export_checkpoint
 
     ckpt = args.checkpoint.rstrip("/")
     run = ckpt
-    if not os.path.exists(os.path.join(ckpt, "fs_ray_state.json")):
-        found = sorted(glob.glob(os.path.join(ckpt, "checkpoint_step*")))
+    if not layout.is_checkpoint(ckpt):
+        found = layout.latest(ckpt)
         if not found:
             print(
                 f"error: {ckpt} is neither a checkpoint nor a run folder with checkpoint_step* inside",
                 file=sys.stderr,
             )
             return 2
-        ckpt = found[-1]
+        ckpt = found
     else:
         run = os.path.dirname(ckpt)
     out = args.out or os.path.join(run, "export")

@@ -19,8 +19,8 @@ from __future__ import annotations
 import sys
 
 from fs_ray.cli import run_cli
-from fs_ray.finetune import main
 from fs_ray.run_configs import FinetuneConfig
+from fs_ray.training.finetune import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(FinetuneConfig, main, __doc__))

@@ -21,7 +21,7 @@ EXIT_BAD_INPUT = 3
 
 
 def main(cfg: PrepareConfig) -> int:
-    from fs_ray.corpus import PrepareError, TooManyBadRecords, prepare, summary
+    from fs_ray.data.corpus import PrepareError, TooManyBadRecords, prepare, summary
 
     try:
         manifest = prepare(cfg)

@@ -3,7 +3,8 @@
     ray job submit --working-dir . -- python jobs/pretrain.py --config jobs/configs/pretrain_erlangshen_tiny.yaml
     python jobs/pretrain.py --config jobs/configs/pretrain_erlangshen_tiny.yaml --set scaling.num_workers=2
 
-Objectives by model.family: erlangshen/zhouwenwang = Chinese whole-word MLM (jieba boundaries),
+model.family picks the family (the list, with presets, is under model.family below) and with it
+the objective (model.objective): erlangshen = Chinese whole-word MLM (jieba boundaries),
 wenzhong/yuyuan = causal LM, randeng = T5 span corruption (needs a sentinel vocabulary).
 Checkpoints every checkpoint.every_n_steps under <run.storage_path>/<run.name>; rerunning with the
 same name resumes from the latest one at the same step and data position. A killed worker restarts
@@ -21,7 +22,7 @@ from fs_ray.run_configs import PretrainConfig
 
 
 def main(cfg: PretrainConfig) -> int:
-    from fs_ray.pretrain import PretrainError, pretrain
+    from fs_ray.training.pretrain import PretrainError, pretrain
 
     try:
         pretrain(cfg)

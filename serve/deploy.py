@@ -28,7 +28,7 @@ from fs_ray.run_configs import ServeConfig
 
 
 def main(cfg: ServeConfig) -> int:
-    from fs_ray.serving import build_app
+    from fs_ray.serving.app import build_app
 
     try:
         app = build_app(cfg)  # checks every model folder before anything is deployed
@@ -37,7 +37,7 @@ def main(cfg: ServeConfig) -> int:
         return EXIT_BAD_CONFIG
     import ray
 
-    from fs_ray.serving import deploy
+    from fs_ray.serving.app import deploy
 
     if not ray.is_initialized():
         ray.init()

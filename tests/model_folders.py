@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from fs_ray.models import hf_config
-from fs_ray.tokenization import load_tokenizer, special_ids
+from fs_ray.data.tokenization import load_tokenizer, special_ids
+from fs_ray.families import get_family
 
 
 def _save(model, tokenizer, out: Path, card: dict | None = None) -> Path:
@@ -23,9 +23,8 @@ def _save(model, tokenizer, out: Path, card: dict | None = None) -> Path:
 
 
 def _config(family: str, preset: str, tokenizer, seq_len: int = 128, **head):
-    cfg = hf_config(
-        family, preset, tokenizer.get_vocab_size(with_added_tokens=True), seq_len,
-        special_ids(tokenizer).as_dict(), {},
+    cfg = get_family(family).config(
+        preset, tokenizer.get_vocab_size(with_added_tokens=True), seq_len, special_ids(tokenizer).as_dict()
     )
     for key, value in head.items():
         setattr(cfg, key, value)

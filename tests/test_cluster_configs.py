@@ -106,7 +106,7 @@ def test_rayservice_serve_config_is_a_valid_serve_deploy_config():
     doc = _docs()["rayservice.yaml"]
     schema = ServeDeploySchema.model_validate(yaml.safe_load(doc["spec"]["serveConfigV2"]))
     (app,) = schema.applications
-    assert app.import_path == "fs_ray.serving:app_builder"
+    assert app.import_path == "fs_ray.serving.app:app_builder"
     cfg = load_any(REPO / app.args["config"], app.args["set"])
     assert cfg.kind == "serve" and cfg.models.generate is None and cfg.host == "0.0.0.0"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -83,8 +84,8 @@ def test_bad_files_fail_clearly(tmp_path):
 
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(PretrainConfig, None, ["optim.lr=2e-5", "model.overrides={hidden_size: 64}"])
-    written = write_resolved(cfg, tmp_path / "run")
-    assert written.name == "config.yaml"
+    written = Path(write_resolved(cfg, str(tmp_path / "run")))
+    assert written.name == "config.yaml" and written.read_text().startswith("# resolved PretrainConfig")
     again = load_config(PretrainConfig, written)
     assert again == cfg
     assert yaml.safe_load(written.read_text())["optim"]["lr"] == pytest.approx(2e-5)

@@ -13,7 +13,7 @@ import pytest
 
 from fs_ray.assets import DEMO_CORPUS
 from fs_ray.config import load_config
-from fs_ray.corpus import (
+from fs_ray.data.corpus import (
     PrepareError,
     TooManyBadRecords,
     _chunk_lines,
@@ -24,8 +24,8 @@ from fs_ray.corpus import (
     plan_chunks,
     prepare,
 )
+from fs_ray.data.tokenization import WordSegmenter, load_tokenizer, special_ids
 from fs_ray.run_configs import CleanSection, PackSection, PrepareConfig
-from fs_ray.tokenization import WordSegmenter, load_tokenizer, special_ids
 
 DEMO_LINES = DEMO_CORPUS.read_text(encoding="utf-8").split("\n")
 
@@ -295,7 +295,7 @@ def test_cleaning_patterns_match_the_unicode_database():
     import sys
     import unicodedata
 
-    from fs_ray.corpus import _TO_DROP, _TO_SPACE
+    from fs_ray.data.corpus import _TO_DROP, _TO_SPACE
 
     for cp in range(min(sys.maxunicode, 0xFFFF) + 1):
         c = chr(cp)

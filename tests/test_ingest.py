@@ -10,8 +10,8 @@ import pytest
 
 from fs_ray.assets import DEMO_CORPUS
 from fs_ray.config import load_config
-from fs_ray.corpus import prepare
-from fs_ray.ingest import CorpusDataConfig, CorpusError, Position, PreparedCorpus, collate
+from fs_ray.data.corpus import prepare
+from fs_ray.data.ingest import CorpusDataConfig, CorpusError, Position, PreparedCorpus, collate
 from fs_ray.run_configs import PrepareConfig
 
 BATCH = 16

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fs_ray.objectives import (
+from fs_ray.objectives.masking import (
     IGNORE_INDEX,
     MaskingIds,
     causal_lm,
@@ -130,7 +130,7 @@ def test_a_stale_extension_build_lock_is_cleared_and_a_fresh_one_kept(tmp_path, 
     import os
     import time
 
-    from fs_ray.training import clear_stale_build_lock
+    from fs_ray.training.engine import clear_stale_build_lock
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     build = tmp_path / "fs_ray_lock_probe"
@@ -151,7 +151,7 @@ def test_a_waiting_run_gets_past_a_lock_that_goes_stale_while_it_waits(tmp_path,
 
     from torch.utils.file_baton import FileBaton
 
-    import fs_ray.training as training
+    import fs_ray.training.engine as training
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(training.clear_stale_build_lock, "__defaults__", (1.0,))

@@ -10,13 +10,14 @@ import torch
 
 from fs_ray.assets import DEMO_CORPUS
 from fs_ray.config import load_config
-from fs_ray.corpus import prepare
-from fs_ray.ingest import PreparedCorpus
-from fs_ray.pretrain import PretrainError, plan, pretrain
+from fs_ray.data.corpus import prepare
+from fs_ray.data.ingest import PreparedCorpus
 from fs_ray.run_configs import PrepareConfig, PretrainConfig
-from fs_ray.training import FAIL_ENV, deepspeed_config
+from fs_ray.training.engine import deepspeed_config
+from fs_ray.training.pretrain import PretrainError, plan, pretrain
 
 from .conftest import REPO
+from .faults import WorkerKiller
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +69,15 @@ def test_deepspeed_json_follows_the_typed_config():
             "optim.grad_accum=4",
         ],
     )
-    ds = deepspeed_config(cfg, world_size=8, on_gpu=True)
+    ds = deepspeed_config(cfg.optim, cfg.deepspeed, world_size=8, on_gpu=True)
     assert ds["zero_optimization"]["stage"] == 3
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert (
         ds["train_batch_size"] == 8 * 4 * 8 and ds["bf16"]["enabled"] and ds["optimizer"]["type"] == "AdamW"
     )
-    cpu = deepspeed_config(load_config(PretrainConfig, None, []), world_size=2, on_gpu=False)
+    default = load_config(PretrainConfig, None, [])
+    cpu = deepspeed_config(default.optim, default.deepspeed, world_size=2, on_gpu=False)
     assert not cpu["bf16"]["enabled"] and not cpu["fp16"]["enabled"] and "optimizer" not in cpu
 
 
@@ -90,40 +92,51 @@ def test_bad_runs_fail_before_any_worker_starts(corpora, tmp_path):
         plan(run_cfg(tmp_path, corpora["wwm"], f"model.from_pretrained={tmp_path / 'nope'}"))
 
 
-def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_path, monkeypatch):
-    """2 workers, ZeRO-1; rank 1 is SIGKILLed at step 5; the group restarts from the latest
-    registered checkpoint and finishes at step 8 having trained on every planned batch, in order."""
-    monkeypatch.setenv(FAIL_ENV, "5:1")
+def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_path):
+    """2 workers, ZeRO-1; a worker process is SIGKILLed from outside once the step-4 checkpoint is
+    registered; the group restarts from the latest registered checkpoint and finishes, every rank
+    having trained on exactly its planned batches, in order."""
     trace = tmp_path / "trace"
     trace.mkdir()
     cfg = run_cfg(
         tmp_path,
         corpora["wwm"],
-        "optim.max_steps=8",
-        "checkpoint.every_n_steps=2",
+        "optim.max_steps=40",
+        "checkpoint.every_n_steps=4",
         "checkpoint.max_failures=2",
     )
-    summary = pretrain(cfg, trace_dir=str(trace))
-    assert summary["metrics"]["step"] == 8
     run_dir = tmp_path / "runs" / cfg.run.name
-    assert (run_dir / ".failed_at_5_1").exists(), "the fault was injected"
-    assert json.loads((run_dir / "data_position.json").read_text()) == {"step": 8, "batches": 8}
+    position = run_dir / "data_position.json"
+
+    def registered_step_4() -> bool:
+        try:
+            return json.loads(position.read_text())["step"] >= 4
+        except (OSError, ValueError):
+            return False
+
+    killer = WorkerKiller(registered_step_4)
+    killer.start()
+    try:
+        summary = pretrain(cfg, trace_dir=str(trace))
+    finally:
+        killer.stop()
+    assert killer.killed, "no worker was killed"
+    assert summary["metrics"]["step"] == 40
+    assert json.loads(position.read_text()) == {"step": 40, "batches": 40}
     assert sorted(p.name for p in run_dir.glob("checkpoint_step*")) == [
-        "checkpoint_step00000006",
-        "checkpoint_step00000008",
+        "checkpoint_step00000036",
+        "checkpoint_step00000040",
     ]
     assert (run_dir / "config.yaml").exists() and (run_dir / "deepspeed_config.json").exists()
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0], f"whole-word MLM loss did not go down: {losses}"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
-    # every rank saw exactly its planned batches, steps 5 and 6 included (redone after the kill)
+    # every rank saw exactly its planned batches, the steps redone after the kill included
     corpus = PreparedCorpus.load(corpora["wwm"])
     for rank in range(2):
-        seen: dict[int, list[int]] = {}
-        for line in (trace / f"rank{rank}.jsonl").read_text().splitlines():
-            rec = json.loads(line)
-            seen[rec["step"]] = rec["ids"]  # a redone step overwrites the lost attempt
+        records = [json.loads(line) for line in (trace / f"rank{rank}.jsonl").read_text().splitlines()]
+        seen = {r["step"]: r["ids"] for r in records}  # a redone step overwrites the lost attempt
         plan_ids = [
             int(i)
             for b in corpus.rank_dataset(rank, 2, 8, seed=cfg.run.seed).iter_batches(
@@ -131,14 +144,18 @@ def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_p
             )
             for i in b["sample_id"]
         ]
-        assert [i for s in sorted(seen) for i in seen[s]] == plan_ids[: 8 * 8]
-        steps = [json.loads(line)["step"] for line in (trace / f"rank{rank}.jsonl").read_text().splitlines()]
-        # the first attempt ran steps 0-4 and died in step 5; the second resumed at the last
-        # checkpoint Ray had registered (step 4, or step 2 when the controller had not yet
-        # processed the step-4 report) and redid everything after it with the same data
-        assert steps[:5] == [0, 1, 2, 3, 4]
-        resumed_at = steps[5]
-        assert resumed_at in (2, 4) and steps[5:] == list(range(resumed_at, 8))
+        assert [i for s in sorted(seen) for i in seen[s]] == plan_ids[: 40 * 8]
+        # two attempts: the first ran steps 0..k, the second resumed at a checkpoint Ray had
+        # registered (a multiple of 4, at least 4, at most k + 1) and ran to the end
+        pids = list(dict.fromkeys(r["pid"] for r in records))
+        assert len(pids) == 2, f"rank {rank} trained in {len(pids)} processes: {pids}"
+        steps = [r["step"] for r in records]
+        first = [r["step"] for r in records if r["pid"] == pids[0]]
+        second = [r["step"] for r in records if r["pid"] == pids[1]]
+        assert first == list(range(len(first))) and steps == first + second
+        resumed_at = second[0]
+        assert resumed_at % 4 == 0 and 4 <= resumed_at <= first[-1] + 1
+        assert second == list(range(resumed_at, 40))
 
     # the exported folder is a plain Hugging Face model
     from transformers import AutoModelForMaskedLM, AutoTokenizer

@@ -15,10 +15,10 @@ import pytest
 import requests
 
 from fs_ray.config import ConfigError, load_config
-from fs_ray.inference import Generator, MaskedLM, TaskModel
 from fs_ray.protos import fs_ray_serve_pb2 as pb
 from fs_ray.protos import fs_ray_serve_pb2_grpc as pb_grpc
 from fs_ray.run_configs import ServeConfig
+from fs_ray.serving.inference import Generator, MaskedLM, TaskModel
 
 from .conftest import REPO, free_port
 from .model_folders import classifier_folder, gpt2_folder, mlm_folder, tagger_folder
@@ -53,7 +53,7 @@ def _write(path: Path, text: str) -> Path:
 def server(ray_local, folders):
     from ray import serve
 
-    from fs_ray.serving import build_app, start_serve
+    from fs_ray.serving.app import build_app, start_serve
 
     http_port, grpc_port = free_port(), free_port()
     common = [
@@ -333,7 +333,7 @@ def test_serve_config_refuses_batches_that_cannot_fill_and_bad_folders(tmp_path,
                                         "batching.max_ongoing_requests=8"])
     with pytest.raises(ConfigError, match="at least one of"):
         load_config(ServeConfig, None, [])
-    from fs_ray.serving import build_app
+    from fs_ray.serving.app import build_app
 
     with pytest.raises(FileNotFoundError, match=r"models\.fill_mask"):
         build_app(load_config(ServeConfig, None, [f"models.fill_mask={tmp_path}"]))
@@ -346,7 +346,7 @@ def test_serve_config_refuses_batches_that_cannot_fill_and_bad_folders(tmp_path,
 def test_overlong_texts_are_cut_when_configured():
     from types import SimpleNamespace
 
-    from fs_ray.serving import Gateway, ServeError
+    from fs_ray.serving.app import Gateway, ServeError
 
     texts = Gateway.func_or_class._texts  # the gateway's own check, without a replica around it
     cut = SimpleNamespace(cfg=load_config(ServeConfig, None, ["models.fill_mask=x", "limits.max_input_chars=5",
@@ -359,7 +359,7 @@ def test_overlong_texts_are_cut_when_configured():
 
 
 def test_discovery_finds_fine_tuning_exports_in_a_run_directory(tmp_path):
-    from fs_ray.serving import discover_task_models
+    from fs_ray.serving.app import discover_task_models
 
     run = tmp_path / "run"
     classifier_folder(run / "eprstmt" / "head" / "split_0" / "export", ["Negative", "Positive"], task="eprstmt")
@@ -375,7 +375,7 @@ def test_shipped_ray_serve_config_validates_and_builds(folders):
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from fs_ray.serving import app_builder
+    from fs_ray.serving.app import app_builder
 
     raw = yaml.safe_load((REPO / "serve" / "ray_serve.yaml").read_text(encoding="utf-8"))
     schema = ServeDeploySchema.model_validate(raw)
@@ -383,7 +383,7 @@ def test_shipped_ray_serve_config_validates_and_builds(folders):
         "fs_ray.protos.fs_ray_serve_pb2_grpc.add_FsRayServicer_to_server"
     ]
     (app,) = schema.applications
-    assert app.import_path == "fs_ray.serving:app_builder"
+    assert app.import_path == "fs_ray.serving.app:app_builder"
     args = dict(app.args)
     args["set"] = [f"models.fill_mask={folders['mlm']}", f"models.tasks={folders['tasks']}"]
     built = app_builder(args)
@@ -437,7 +437,7 @@ def test_a_unimc_fine_tuned_export_classifies_with_its_verbalizer(tmp_path):
 
 
 def test_a_pretraining_export_is_named_after_its_run():
-    from fs_ray.serving import _model_name
+    from fs_ray.serving.app import model_name
 
-    assert _model_name("/runs/quickstart/erlangshen-tiny-20261129/export/") == "erlangshen-tiny-20261129"
-    assert _model_name("/models/erlangshen-tiny") == "erlangshen-tiny"
+    assert model_name("/runs/quickstart/erlangshen-tiny-20261129/export/") == "erlangshen-tiny-20261129"
+    assert model_name("/models/erlangshen-tiny") == "erlangshen-tiny"

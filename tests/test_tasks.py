@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fs_ray.config import load_config
-from fs_ray.encoding import (
+from fs_ray.data.encoding import (
     Encoder,
     coref_text,
     encode_head,
@@ -20,10 +20,10 @@ from fs_ray.encoding import (
     entity_f1,
     option_groups,
 )
-from fs_ray.finetune import FinetuneError, plan, results_markdown, summarize, write_submission
+from fs_ray.data.tasks import BUILTIN_TASKS, TaskDataError, TaskSpec, load_split, read_file, task_spec
+from fs_ray.data.tokenization import load_tokenizer
 from fs_ray.run_configs import FinetuneConfig
-from fs_ray.tasks import BUILTIN_TASKS, TaskDataError, TaskSpec, load_split, read_file, task_spec
-from fs_ray.tokenization import load_tokenizer
+from fs_ray.training.finetune import FinetuneError, plan, results_markdown, summarize, write_submission
 
 DATA = Path(__file__).parent / "data"
 
@@ -225,7 +225,7 @@ def test_choice_rows_put_each_candidate_in_the_blank(enc):
 def test_unimc_scores_agree_with_a_hand_computation(enc):
     from transformers import BertConfig, BertForMaskedLM
 
-    from fs_ray.models import UniMCObjective
+    from fs_ray.objectives.losses import UniMCLoss
 
     torch.manual_seed(0)
     model = BertForMaskedLM(
@@ -252,7 +252,7 @@ def test_unimc_scores_agree_with_a_hand_computation(enc):
         full = model(input_ids=torch.tensor([ids]), token_type_ids=torch.tensor([types])).logits[0]
         by_hand = [float(full[p, tok.token_to_id("是")]) for p in positions]
         batch = {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in rows[0] if k not in ("row",)}
-        got = UniMCObjective(model, enc.yes).logits(**batch)
+        got = UniMCLoss(model, enc.yes).logits(**batch)
     assert got[0, :3].tolist() == pytest.approx(by_hand, abs=1e-4)
     assert torch.isinf(got[0, 3:]).all()  # padding options can never win
 

@@ -24,7 +24,7 @@ import yaml
 from fs_ray.config import ConfigError, load_config
 from fs_ray.local_cluster import LocalCluster, client_env, down, up
 from fs_ray.run_configs import FinetuneConfig, TuneConfig
-from fs_ray.sweep import SweepError, check, max_concurrent, trial_config
+from fs_ray.tuning.sweep import SweepError, check, max_concurrent, trial_config
 from tests.task_data import _write_tasks
 
 from .conftest import REPO, free_port, free_port_block

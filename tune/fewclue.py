@@ -28,7 +28,7 @@ import sys
 
 from fs_ray.cli import run_cli
 from fs_ray.run_configs import TuneConfig
-from fs_ray.sweep import main
+from fs_ray.tuning.sweep import main
 
 if __name__ == "__main__":
     sys.exit(run_cli(TuneConfig, main, __doc__))

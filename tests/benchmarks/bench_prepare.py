@@ -67,7 +67,7 @@ def prepare_config(inputs: list[Path], out: Path, seq_len: int, concurrency: int
 
 
 def run_fs_ray(inputs, out, seq_len, concurrency) -> tuple[float, dict]:
-    from fs_ray.corpus import prepare
+    from fs_ray.data.corpus import prepare
 
     cfg = prepare_config(inputs, out, seq_len, concurrency)
     t = time.perf_counter()
@@ -76,7 +76,7 @@ def run_fs_ray(inputs, out, seq_len, concurrency) -> tuple[float, dict]:
 
 
 def _baseline_batch(batch, cfg):
-    from fs_ray.corpus import clean_batch, tokenize_and_pack
+    from fs_ray.data.corpus import clean_batch, tokenize_and_pack
 
     kept, _, _ = clean_batch(batch["text"], cfg.clean)
     table, _ = tokenize_and_pack(kept, cfg)
@@ -122,7 +122,7 @@ def run_datasets(inputs, out, seq_len, num_proc) -> tuple[float, int]:
 def _ingest_loop(config):
     import ray.train
 
-    from fs_ray.ingest import collate
+    from fs_ray.data.ingest import collate
 
     shard = ray.train.get_dataset_shard("train")
     tokens = 0
@@ -140,7 +140,7 @@ def run_ingest(corpus_dir: Path, batch: int, epochs: int, storage: Path) -> floa
     storage.mkdir(parents=True, exist_ok=True)
     from ray.train.torch import TorchTrainer
 
-    from fs_ray.ingest import CorpusDataConfig, PreparedCorpus
+    from fs_ray.data.ingest import CorpusDataConfig, PreparedCorpus
 
     corpus = PreparedCorpus.load(str(corpus_dir))
     trainer = TorchTrainer(

@@ -6,7 +6,7 @@
 One process, one CPU thread each, fp32, the same Erlangshen tiny shape, the same 128-token
 sequences (the shipped corpus, prepared with jieba word starts), the same batch:
 
-1. fs_ray's step: whole-word masking (fs_ray.objectives) + MaskedLMObjective (vocabulary
+1. fs_ray's step: whole-word masking (fs_ray.objectives.masking) + MaskedLMLoss (vocabulary
    projection on masked positions only) + AdamW;
 2. Hugging Face ``Trainer`` + ``BertForMaskedLM`` + ``DataCollatorForLanguageModeling``
    (token-level 15% masking: without a ``chinese_ref`` file the whole-word collator masks
@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from fs_ray.config import load_config
-from fs_ray.corpus import prepare
-from fs_ray.ingest import PreparedCorpus, collate
-from fs_ray.models import MaskedLMObjective, hf_config
-from fs_ray.objectives import MaskingIds, whole_word_mask
+from fs_ray.data.corpus import prepare
+from fs_ray.data.ingest import PreparedCorpus, collate
+from fs_ray.families import get_family
+from fs_ray.objectives.losses import MaskedLMLoss
+from fs_ray.objectives.masking import MaskingIds, whole_word_mask
 from fs_ray.run_configs import PrepareConfig
 
 
@@ -62,7 +63,7 @@ def bench_fs_ray(cfg, data, special, steps: int, batch: int) -> tuple[float, flo
     torch.manual_seed(0)
     from transformers import BertForMaskedLM
 
-    model = MaskedLMObjective(BertForMaskedLM(cfg))
+    model = MaskedLMLoss(BertForMaskedLM(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     ids = MaskingIds(
         mask=special["mask"], vocab_size=cfg.vocab_size, never_mask=(0, 101, 102), first_random=103
@@ -152,7 +153,7 @@ def main() -> None:
     )
     corpus, data = load_rows(work / "prep", args.batch * 8)
     special = corpus.special_ids
-    cfg = hf_config("erlangshen", args.preset, corpus.manifest["tokenizer"]["vocab_size"], 128, special, {})
+    cfg = get_family("erlangshen").config(args.preset, corpus.manifest["tokenizer"]["vocab_size"], 128, special)
 
     gemm = gemm_flops()
     fs_tps, masked_fraction = bench_fs_ray(cfg, data, special, args.steps, args.batch)

@@ -97,7 +97,7 @@ def main() -> int:
 
     from fs_ray.config import load_config
     from fs_ray.run_configs import ServeConfig
-    from fs_ray.serving import build_app, start_serve
+    from fs_ray.serving.app import build_app, start_serve
     from tests.model_folders import classifier_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="fs_ray_bench_serve_"))

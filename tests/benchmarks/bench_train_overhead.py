@@ -2,8 +2,9 @@
 
     .venv/bin/python tests/benchmarks/bench_train_overhead.py [--preset tiny] [--steps 40] [--batch 32]
 
-Both sides run fs_ray's own engine and step (``fs_ray.training.build_engine`` + ``micro_step``:
-whole-word masking, masked-only MLM head, DeepSpeed ZeRO-1 over gloo, fp32) for the same
+Both sides run fs_ray's own model, objective and engine (``fs_ray.families.build_model``, the
+``mlm`` objective's transform and loss, ``fs_ray.training.engine.make_engine``: whole-word masking,
+masked-only MLM head, DeepSpeed ZeRO-1 over gloo, fp32) for the same
 number of steps on the same thread count, after the same warm-up steps:
 
 - **plain**: one Python process, ``torch.distributed`` initialised by hand (world size 1), the
@@ -40,20 +41,25 @@ TRAIN_YAML = REPO / "jobs/configs/pretrain_erlangshen_tiny.yaml"
 
 def timed_loop(config: dict, batches) -> dict:
     """The loop both sides run: build the engine, ``warmup`` untimed steps, then ``steps`` timed ones."""
-    from fs_ray.training import build_engine, micro_step
+    from fs_ray.families import build_model
+    from fs_ray.objectives import get_objective
+    from fs_ray.training.engine import make_engine
 
     torch.set_num_threads(config["threads"])
     cfg = PretrainConfig.model_validate(config["cfg"])
     tok = config["manifest"]["tokenizer"]
-    engine, _, objective = build_engine(
-        cfg, tok["vocab_size"], config["manifest"]["seq_len"], tok["special_ids"], 1, False
-    )
+    special, vocab = tok["special_ids"], tok["vocab_size"]
+    objective = get_objective(cfg.model.objective_name)
+    model = build_model(cfg.model, objective.auto_class, vocab, config["manifest"]["seq_len"], special)
+    engine = make_engine(objective.wrap(model), cfg.optim, cfg.deepspeed, 1, False, cfg.optim.max_steps)
     times = []
     for step in range(config["warmup"] + config["steps"]):
         t = time.perf_counter()
         batch = next(batches)
         gen = torch.Generator().manual_seed(step)
-        loss, _ = micro_step(engine, objective, batch, tok["special_ids"], tok["vocab_size"], gen)
+        loss = engine(**objective.inputs(batch, special, vocab, gen))
+        engine.backward(loss)
+        engine.step()
         float(loss)
         if step >= config["warmup"]:
             times.append(time.perf_counter() - t)
@@ -63,7 +69,7 @@ def timed_loop(config: dict, batches) -> dict:
 def ray_worker(config: dict) -> dict:
     import ray.train
 
-    from fs_ray.ingest import collate
+    from fs_ray.data.ingest import collate
 
     seq_len = config["manifest"]["seq_len"]
     batches = iter(
@@ -77,7 +83,7 @@ def ray_worker(config: dict) -> dict:
 def plain_batches(prepared: str, batch: int, seq_len: int):
     import pyarrow.parquet as pq
 
-    from fs_ray.ingest import PreparedCorpus, collate
+    from fs_ray.data.ingest import PreparedCorpus, collate
 
     corpus = PreparedCorpus.load(prepared)
     tables = [pq.read_table(os.path.join(prepared, s["path"])) for s in corpus.manifest["shards"]]
@@ -122,7 +128,7 @@ def run_ray(config: dict, prepared: str, storage: str, name: str) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from fs_ray.ingest import CorpusDataConfig, PreparedCorpus
+    from fs_ray.data.ingest import CorpusDataConfig, PreparedCorpus
 
     corpus = PreparedCorpus.load(prepared)
     t = time.perf_counter()
@@ -165,8 +171,8 @@ def main() -> None:
 
     import ray
 
-    from fs_ray.corpus import prepare
-    from fs_ray.ingest import PreparedCorpus
+    from fs_ray.data.corpus import prepare
+    from fs_ray.data.ingest import PreparedCorpus
     from fs_ray.run_configs import PrepareConfig
 
     work = Path(tempfile.mkdtemp(prefix="fsr_overhead"))

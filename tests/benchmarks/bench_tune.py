@@ -81,7 +81,7 @@ def main() -> int:
 
     import ray
 
-    from fs_ray import sweep
+    from fs_ray.tuning import sweep
 
     if args.fresh:
         shutil.rmtree(args.out, ignore_errors=True)

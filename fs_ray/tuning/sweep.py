@@ -1,7 +1,7 @@
 """Ray Tune sweeps over fine-tuning runs: search, ASHA early stopping, resumable experiments, a leaderboard.
 
 Ray 2.60's Train-V2 pattern: every Tune trial is a small driver function (0 CPUs) that runs the
-fine-tuning of :mod:`fs_ray.finetune` split after split, each split its own ``TorchTrainer`` with a
+fine-tuning of :mod:`fs_ray.training.finetune` split after split, each split its own ``TorchTrainer`` with a
 stable run name. Each dev evaluation a Train worker reports reaches Tune through
 :class:`SplitReportCallback` (a ``TuneReportCallback`` that adds the sweep's view of the trial):
 
@@ -40,13 +40,16 @@ import time
 from typing import Any
 
 from fs_ray import storage
-from fs_ray.config import ConfigError, to_yaml, validate
-from fs_ray.finetune import FinetuneError, _specs, plan, run_split
+from fs_ray.config import ConfigError, resolved_yaml, set_dotted, to_yaml, validate
+from fs_ray.objectives import METHODS
 from fs_ray.run_configs import FinetuneConfig, SearchParam, TuneConfig
+from fs_ray.training.finetune import FinetuneError, plan, run_split, task_specs
 
 TRIAL_FILE = "trial.json"
 TRIAL_DRIVER_MEMORY = 256 * 2**20
 METHOD_KEY = "method"
+# what a trial can train: neural methods that train (not the zero-shot scorer, not the TF-IDF floor)
+TRAINABLE = tuple(m.name for m in METHODS.values() if m.neural and m.trains)
 
 
 class SweepError(RuntimeError):
@@ -101,17 +104,15 @@ def trial_config(
     data["per_task"] = {}
     if splits is not None:
         data["task"]["splits"] = splits
-    methods = [m for m in base.methods if m in ("head", "unimc")]
-    data["methods"] = [params.get(METHOD_KEY, methods[0] if methods else "head")]
+    methods = [m for m in base.methods if m in TRAINABLE]
+    data["methods"] = [params.get(METHOD_KEY, methods[0] if methods else TRAINABLE[0])]
     for key, value in params.items():  # set as sampled (not through --set text: 1e-05 stays a float)
         if key == METHOD_KEY:
             continue
-        node, parts = data, key.split(".")
-        for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise SweepError(f"search_space.{key}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        node[parts[-1]] = value
+        try:
+            set_dotted(data, key.split("."), value)
+        except ConfigError as err:
+            raise SweepError(f"search_space.{key}: {err}") from None
     try:
         return validate(FinetuneConfig, data, f"search_space for task {task}")
     except ConfigError as err:
@@ -123,9 +124,11 @@ def check(cfg: TuneConfig) -> dict[str, Any]:
     extreme values validate, methods are trainable, every task's files and labels load."""
     for key, param in cfg.search_space.items():
         if key == METHOD_KEY:
-            bad = [v for v in param.values or [] if v not in ("head", "unimc")]
+            bad = [v for v in param.values or [] if v not in TRAINABLE]
             if bad or param.type not in ("choice", "grid"):
-                raise SweepError(f"search_space.{METHOD_KEY}: a choice or grid of head / unimc (got {bad})")
+                raise SweepError(
+                    f"search_space.{METHOD_KEY}: a choice or grid of {' / '.join(TRAINABLE)} (got {bad})"
+                )
             continue
         if key.split(".")[0] in ("run", "task", "per_task", "methods", "kind", "tokenizer", "task_specs"):
             raise SweepError(f"search_space.{key}: {key.split('.')[0]} is fixed by the sweep, not searched")
@@ -134,12 +137,12 @@ def check(cfg: TuneConfig) -> dict[str, Any]:
                 trial_config(cfg, cfg.tasks[0], {key: value})
             except SweepError as err:
                 raise SweepError(f"search_space.{key} = {value!r}: {err}") from None
-    if not any(m in ("head", "unimc") for m in cfg.base.methods) and METHOD_KEY not in cfg.search_space:
-        raise SweepError(f"base.methods: {cfg.base.methods} has nothing to train (head or unimc)")
+    if not any(m in TRAINABLE for m in cfg.base.methods) and METHOD_KEY not in cfg.search_space:
+        raise SweepError(f"base.methods: {cfg.base.methods} has nothing to train ({' or '.join(TRAINABLE)})")
     plans = {}
     for task in cfg.tasks:
         try:
-            spec = _specs(trial_config(cfg, task, {}))[task]
+            spec = task_specs(trial_config(cfg, task, {}))[task]
         except FinetuneError as err:
             raise SweepError(str(err)) from None
         splits = _splits_for(cfg, spec)
@@ -150,16 +153,12 @@ def check(cfg: TuneConfig) -> dict[str, Any]:
             raise SweepError(f"task {task}: {err}") from None
         plans[task]["split_names"] = splits
         methods = cfg.search_space[METHOD_KEY].values if METHOD_KEY in cfg.search_space else tcfg.methods
-        if "unimc" in methods and plans[task]["specs"][task].shape == "tagging":
-            raise SweepError(f"task {task}: UniMC scores options; {task} is tagging (sweep head only)")
+        shape = plans[task]["specs"][task].shape
+        for method in methods:
+            problem = METHODS[method].check_shape(shape)
+            if problem:
+                raise SweepError(f"task {task}: {method}: {problem}")
     return plans
-
-
-def sweep_dir(cfg: TuneConfig) -> str:
-    from fs_ray.assets import resolve_path
-
-    out = resolve_path(cfg.run.output_dir())
-    return out if storage.is_uri(out) else os.path.abspath(out)
 
 
 def max_concurrent(cfg: TuneConfig, resources: dict[str, float]) -> int:
@@ -222,9 +221,9 @@ def trial_fn(params: dict[str, Any], *, sweep: dict[str, Any], splits: dict, tok
     """One Tune trial: fine-tune every split of the sweep with the trial's params, report as it goes."""
     import ray.tune
 
-    from fs_ray.finetune import _quiet_data
+    from fs_ray.training.finetune import quiet_ray_data
 
-    _quiet_data()
+    quiet_ray_data()
     cfg = TuneConfig.model_validate(sweep["cfg"])
     task = sweep["task"]
     trial_id = ray.tune.get_context().get_trial_id()
@@ -523,7 +522,7 @@ def write_leaderboard(out: str, board: list[dict]) -> None:
 
 def _check_same_config(out: str, cfg: TuneConfig) -> None:
     path = storage.join(out, "config.yaml")
-    text = f"# resolved {type(cfg).__name__}\n" + to_yaml(cfg)
+    text = resolved_yaml(cfg)
     if storage.exists(path) and not cfg.overwrite:
         import yaml
 
@@ -633,7 +632,7 @@ def sweep_task(cfg: TuneConfig, task: str, task_plan: dict, out: str, log=print)
         "best_config_path": storage.join(task_dir, "best_finetune.yaml"),
     }
     if cfg.export_best:
-        from fs_ray import finetune
+        from fs_ray.training import finetune
 
         data = best_cfg.model_dump(mode="json")
         sub = cfg.base.submission_split
@@ -665,7 +664,7 @@ def run(cfg: TuneConfig, log=print) -> dict[str, Any]:
 
     cfg = absolute_paths(cfg)
     plans = check(cfg)
-    out = sweep_dir(cfg)
+    out = cfg.run.run_dir()
     _check_same_config(out, cfg)
     if not ray.is_initialized():
         ray.init()

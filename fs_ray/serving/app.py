@@ -37,10 +37,10 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from fs_ray.inference import MASK, read_card, read_config
-from fs_ray.run_configs import ServeConfig
+from fs_ray.run_configs import ServeBatching, ServeConfig
+from fs_ray.serving.inference import MASK, read_config
+from fs_ray.training.checkpoint import read_task_card
 
-APP_NAME = "fs_ray"
 GRPC_SERVICER = "fs_ray.protos.fs_ray_serve_pb2_grpc.add_FsRayServicer_to_server"
 MODEL_ID_HEADER = "serve_multiplexed_model_id"
 
@@ -60,7 +60,7 @@ class ServeError(Exception):
 # model discovery (driver side, reads only small JSON files)
 # ---------------------------------------------------------------------------------------------
 def _kind(folder: str) -> str:
-    from fs_ray.inference import model_kind
+    from fs_ray.serving.inference import model_kind
 
     return model_kind(folder)
 
@@ -89,7 +89,7 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
         kind = _kind(folder)
         if kind not in ("classifier", "tagger"):
             continue  # e.g. a pretraining export next to fine-tuned ones
-        card = read_card(folder) or {}
+        card = read_task_card(folder) or {}
         config = read_config(folder)
         id2label = config.get("id2label") or {}
         labels = card.get("labels") or [id2label[k] for k in sorted(id2label, key=int)]
@@ -130,7 +130,7 @@ def _deployment_options(cfg: ServeConfig, name: str) -> dict[str, Any]:
 
 
 def _device_setup(threads: int) -> None:
-    from fs_ray.inference import set_threads
+    from fs_ray.serving.inference import set_threads
 
     set_threads(threads or None)
 
@@ -148,14 +148,12 @@ def _unflatten(flat: list[Any], sizes: list[int]) -> list[list[Any]]:
     return out
 
 
-FORWARD_CHUNK = 64  # texts per forward pass when many requests arrive at once
-
-
-def _chunked(fn, flat: list[Any], pairs: list[Any] | None = None) -> list[Any]:
+def _chunked(fn, width: int, flat: list[Any], pairs: list[Any] | None = None) -> list[Any]:
+    """``fn`` over ``flat`` in forward passes of at most ``width`` texts (batching.max_forward_texts)."""
     out: list[Any] = []
-    for i in range(0, len(flat), FORWARD_CHUNK):
-        part = flat[i : i + FORWARD_CHUNK]
-        out += fn(part) if pairs is None else fn(part, pairs[i : i + FORWARD_CHUNK])
+    for i in range(0, len(flat), width):
+        part = flat[i : i + width]
+        out += fn(part) if pairs is None else fn(part, pairs[i : i + width])
     return out
 
 
@@ -167,7 +165,7 @@ def masked_lm_deployment(cfg: ServeConfig):
         """Fill-mask (batched over requests) and UniMC zero-shot on one exported MLM."""
 
         def __init__(self, folder: str, threads: int):
-            from fs_ray.inference import MaskedLM
+            from fs_ray.serving.inference import MaskedLM
 
             _device_setup(threads)
             self.model = MaskedLM(folder)
@@ -181,7 +179,7 @@ def masked_lm_deployment(cfg: ServeConfig):
             flat, sizes = _flatten(texts)
             self.batches[len(flat)] += 1
             k = max(top_k)
-            result = await asyncio.to_thread(_chunked, lambda xs: self.model.fill_mask(xs, k), flat)
+            result = await asyncio.to_thread(_chunked, lambda xs: self.model.fill_mask(xs, k), b.max_forward_texts, flat)
             per_call = _unflatten(result, sizes)
             return [[[m[:kk] for m in item] for item in call] for call, kk in zip(per_call, top_k, strict=True)]
 
@@ -222,11 +220,10 @@ def task_models_deployment(cfg: ServeConfig):
 
         @serve.multiplexed(max_num_models_per_replica=cfg.replicas.max_task_models)
         async def get_model(self, model_id: str) -> _Loaded:
-            from fs_ray.inference import TaskModel
+            from fs_ray.serving.inference import TaskModel
 
             info = self.registry[model_id]  # the gateway only sends known ids
             model = await asyncio.to_thread(TaskModel, info["folder"])
-            model.folder_id = model_id
             self.loads[model_id] += 1
             return _Loaded(model, lambda _name, mid=model_id: self._evicted(mid))
 
@@ -248,10 +245,10 @@ def task_models_deployment(cfg: ServeConfig):
             flat, sizes = _flatten(texts)
             self.batches[len(flat)] += 1
             if pairs[0] is None:
-                result = await asyncio.to_thread(_chunked, loaded.model.classify, flat)
+                result = await asyncio.to_thread(_chunked, loaded.model.classify, b.max_forward_texts, flat)
             else:
                 flat_pairs = [p for call in pairs for p in call or []]
-                result = await asyncio.to_thread(_chunked, loaded.model.classify, flat, flat_pairs)
+                result = await asyncio.to_thread(_chunked, loaded.model.classify, b.max_forward_texts, flat, flat_pairs)
             return _unflatten(result, sizes)
 
         @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
@@ -259,7 +256,7 @@ def task_models_deployment(cfg: ServeConfig):
             loaded = await self.get_model(serve.get_multiplexed_model_id())
             flat, sizes = _flatten(texts)
             self.batches[len(flat)] += 1
-            return _unflatten(await asyncio.to_thread(_chunked, loaded.model.tag, flat), sizes)
+            return _unflatten(await asyncio.to_thread(_chunked, loaded.model.tag, b.max_forward_texts, flat), sizes)
 
     return TaskModels
 
@@ -269,7 +266,7 @@ class GeneratorServer:
     """Text generation, one request at a time per replica (sampling settings differ per request)."""
 
     def __init__(self, folder: str, threads: int):
-        from fs_ray.inference import Generator
+        from fs_ray.serving.inference import Generator
 
         _device_setup(threads)
         self.model = Generator(folder)
@@ -436,7 +433,11 @@ class Gateway:
         self._forward.set_max_batch_size(self.cfg.batching.max_batch_size)
         self._forward.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)  # set from the config in __init__
+    # The decorator needs values at import; __init__ sets the deployed config's (Ray's setters)
+    @serve.batch(
+        max_batch_size=ServeBatching.model_fields["max_batch_size"].default,
+        batch_wait_timeout_s=ServeBatching.model_fields["batch_wait_timeout_s"].default,
+    )
     async def _forward(self, keys: list[tuple[str, str]], texts: list[list[str]], extras: list[Any]) -> list[Any]:
         """Requests that arrive together go to their model deployment as one call per (operation,
         model id): one hop and one forward pass for the batch instead of one per request."""
@@ -754,7 +755,22 @@ def _folder(path: str, field: str) -> str:
     return folder
 
 
-def _model_name(folder: str) -> str:
+def _check_operation(folder: str, field: str, operation: str) -> None:
+    """Refuse a folder whose family (by its ``model_type``) does not offer ``operation``."""
+    from fs_ray.families import family_for_model_type
+
+    model_type = read_config(folder).get("model_type")
+    family = family_for_model_type(model_type)
+    if family is None:
+        return  # an architecture fs_ray has no family for: the kind check alone decides
+    if operation not in family.operations:
+        raise ValueError(
+            f"models.{field}: a {model_type} model is {family.name}, whose exports offer "
+            f"{', '.join(family.operations)}, not {operation}"
+        )
+
+
+def model_name(folder: str) -> str:
     """A folder's model id: its name, or its run's name for a pretraining ``<run>/export``."""
     path = os.path.normpath(folder)
     name = os.path.basename(path)
@@ -773,7 +789,8 @@ def build_app(cfg: ServeConfig):
         folder = _folder(m.fill_mask, "fill_mask")
         if (kind := _kind(folder)) != "mlm":
             raise ValueError(f"models.fill_mask: {m.fill_mask} is a {kind} model, not a masked LM")
-        names["fill_mask"] = _model_name(folder)
+        _check_operation(folder, "fill_mask", "fill_mask")
+        names["fill_mask"] = model_name(folder)
         fill_mask = masked_lm_deployment(cfg).options(**_deployment_options(cfg, "MaskedLM")).bind(folder, threads)
     if m.tasks:
         registry = discover_task_models(m.tasks)
@@ -784,7 +801,8 @@ def build_app(cfg: ServeConfig):
         folder = _folder(m.generate, "generate")
         if (kind := _kind(folder)) not in ("clm", "seq2seq"):
             raise ValueError(f"models.generate: {m.generate} is a {kind} model, not a generator")
-        names["generate"] = _model_name(folder)
+        _check_operation(folder, "generate", "generate")
+        names["generate"] = model_name(folder)
         generator = GeneratorServer.options(**_deployment_options(cfg, "Generator")).bind(folder, threads)
     gateway = Gateway.options(
         ray_actor_options={"num_cpus": cfg.replicas.gateway_cpus},
@@ -814,7 +832,7 @@ def deploy(cfg: ServeConfig, blocking: bool = False, app=None):
 
 
 def app_builder(args: dict[str, Any]):
-    """Entry point for ``serve run`` / ``serve deploy`` (``import_path: fs_ray.serving:app_builder``).
+    """Entry point for ``serve run`` / ``serve deploy`` (``import_path: fs_ray.serving.app:app_builder``).
 
     ``args``: ``config`` (an fs_ray serve YAML), ``set`` (a list of dotted overrides) and/or any
     ServeConfig fields inline."""

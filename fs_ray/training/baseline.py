@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fs_ray.encoding import coref_text
-from fs_ray.tasks import Example, TaskSplit
+from fs_ray.data.encoding import coref_text
+from fs_ray.data.tasks import Example, TaskSplit
 
 C = 10.0
 MIN_DF = 2

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fs_ray.tasks import Example, TaskSplit
+from fs_ray.data.tasks import Example, TaskSplit
 
 Truncation = Literal["head", "tail", "head_tail"]
 YES = "是"
@@ -339,37 +339,39 @@ def score_labels(metric: str, gold: list[Any], predictions: list[Any]) -> dict[s
     return {"accuracy": right / max(1, len(gold))}
 
 
-def score(split: TaskSplit, examples: list[Example], predictions: list[Any]) -> dict[str, float]:
-    """The task's dev metric from predicted labels (tagging: tag lists)."""
-    return score_labels(split.spec.metric, gold_of(split, examples), predictions)
+def decode_options(
+    shape: str, labels: list[str], n_examples: int, outputs: dict[int, Any], rows: list[int]
+) -> tuple[list[Any], list[list[float] | None]]:
+    """UniMC outputs (``uid -> [(option, score), ...]``; ``rows[uid]`` is the row's example) -> one
+    prediction per example (its best option) plus every option's score."""
+    import math
+
+    preds: list[Any] = [None] * n_examples
+    scores: list[Any] = [None] * n_examples
+    per: list[dict[int, float]] = [{} for _ in range(n_examples)]
+    for uid, payload in outputs.items():
+        per[rows[uid]].update({int(k): float(v) for k, v in payload})
+    for i, options in enumerate(per):
+        n = max(options) + 1 if options else 0
+        vec = [options.get(k, -math.inf) for k in range(n)]
+        best = max(range(n), key=vec.__getitem__) if n else 0
+        preds[i] = str(best) if shape == "choice" else labels[best]
+        scores[i] = vec
+    return preds, scores
 
 
-def decode(
+def decode_labels(
     shape: str,
-    method: str,
     labels: list[str],
     n_examples: int,
     outputs: dict[int, Any],
     rows: list[int],
     lengths: list[int] | None = None,
 ) -> tuple[list[Any], list[list[float] | None]]:
-    """Model outputs per row (``uid -> payload``; ``rows[uid]`` is the row's example) -> one
-    prediction per example, plus the option/label scores behind it (None for tagging)."""
-    import math
-
+    """Head outputs (label logits per row, or tag ids for tagging) -> one prediction per example,
+    plus the label scores behind it (None for tagging)."""
     preds: list[Any] = [None] * n_examples
     scores: list[Any] = [None] * n_examples
-    if method.startswith("unimc"):
-        per: list[dict[int, float]] = [{} for _ in range(n_examples)]
-        for uid, payload in outputs.items():
-            per[rows[uid]].update({int(k): float(v) for k, v in payload})
-        for i, options in enumerate(per):
-            n = max(options) + 1 if options else 0
-            vec = [options.get(k, -math.inf) for k in range(n)]
-            best = max(range(n), key=vec.__getitem__) if n else 0
-            preds[i] = str(best) if shape == "choice" else labels[best]
-            scores[i] = vec
-        return preds, scores
     for uid, payload in outputs.items():
         i = rows[uid]
         if shape == "tagging":

@@ -1,10 +1,12 @@
 """Fine-tuning and evaluation: every task x method x split of a run, one results table.
 
-Each neural run (``head``, ``unimc``, ``unimc_zero``) is its own Ray Train ``TorchTrainer`` with
-the same DeepSpeed engine code as pretraining (:func:`fs_ray.training.make_engine`): the encoded
-training rows stream to the workers through Ray Data, dev is evaluated on every worker's share
-every ``checkpoint.every_n_epochs`` and checkpointed, so a killed worker or driver resumes at the
-last evaluated epoch. The TF-IDF floor runs as a Ray task in its turn (all at once they would starve the trainers).
+Each neural run (a method of :data:`fs_ray.objectives.METHODS` that is ``neural``) is its own
+Ray Train ``TorchTrainer`` running the same worker loop as pretraining
+(:func:`fs_ray.training.loop.train_loop`, with :class:`FinetuneWork`): the encoded training rows
+stream to the workers through Ray Data, dev is evaluated on every worker's share every
+``checkpoint.every_n_epochs`` and checkpointed, so a killed worker or driver resumes at the last
+evaluated epoch; the final checkpoint is exported as pretraining's is. The TF-IDF floor runs as a
+Ray task in its turn (all at once they would starve the trainers).
 
 Run folder (``<storage_path>/<run.name>/``)::
 
@@ -32,22 +34,20 @@ import time
 from typing import Any
 
 from fs_ray import storage
-from fs_ray.assets import resolve_path
-from fs_ray.config import to_yaml
-from fs_ray.encoding import Encoder, decode, encode_head, encode_unimc, gold_of, score_labels
+from fs_ray.assets import absolute, resolve_path
+from fs_ray.config import write_resolved
+from fs_ray.data.encoding import Encoder, gold_of, score_labels
+from fs_ray.data.tasks import TaskDataError, TaskSpec, TaskSplit, load_split, task_spec
+from fs_ray.objectives import METHODS, get_method
 from fs_ray.run_configs import FinetuneConfig
-from fs_ray.tasks import TaskDataError, TaskSpec, TaskSplit, load_split, task_spec
-from fs_ray.training import FAIL_ENV
-
-TASK_FILE = "fs_ray_task.json"
-NEURAL = ("head", "unimc", "unimc_zero")
+from fs_ray.training import checkpoint as layout
 
 
 class FinetuneError(RuntimeError):
     """A run that cannot start; the message names the field or file to fix."""
 
 
-def _specs(cfg: FinetuneConfig) -> dict[str, TaskSpec]:
+def task_specs(cfg: FinetuneConfig) -> dict[str, TaskSpec]:
     custom = {k: TaskSpec.model_validate(v) for k, v in cfg.task_specs.items()}
     try:
         return {name: task_spec(name, custom) for name in cfg.task.names}
@@ -60,7 +60,7 @@ def splits_of(cfg: FinetuneConfig, spec: TaskSpec) -> list[str]:
 
 
 def load_tokenizer_for(cfg: FinetuneConfig):
-    from fs_ray.tokenization import load_tokenizer
+    from fs_ray.data.tokenization import load_tokenizer
 
     if cfg.model.from_pretrained:
         return load_tokenizer(resolve_path(cfg.model.from_pretrained))
@@ -69,18 +69,24 @@ def load_tokenizer_for(cfg: FinetuneConfig):
 
 def plan(cfg: FinetuneConfig) -> dict[str, Any]:
     """Everything checked before the cluster is touched: tasks, every split's files and labels,
-    methods vs. task shapes, the starting model, the vocabulary, precision vs. hardware."""
-    from fs_ray.training import resolve_precision
+    methods vs. task shapes and the family, the starting model, the vocabulary, precision vs. hardware."""
+    from fs_ray.families import get_family
+    from fs_ray.training.engine import resolve_precision
 
-    specs = _specs(cfg)
+    specs = task_specs(cfg)
     for name, spec in specs.items():
-        if spec.shape == "tagging" and any(m.startswith("unimc") for m in cfg.for_task(name).methods):
-            raise FinetuneError(f"methods: UniMC scores options; task {name} is tagging (use head or tfidf)")
+        for method in cfg.for_task(name).methods:
+            problem = get_method(method).check_shape(spec.shape)
+            if problem:
+                raise FinetuneError(f"methods: {method} on task {name} ({spec.shape}): {problem}")
     if cfg.model.from_pretrained and not os.path.isdir(resolve_path(cfg.model.from_pretrained)):
         raise FinetuneError(f"model.from_pretrained: {cfg.model.from_pretrained} is not a folder")
-    if cfg.model.family not in ("erlangshen", "zhouwenwang") and not cfg.model.from_pretrained:
+    family = get_family(cfg.model.family)
+    unsupported = [m for m in cfg.methods if m not in family.methods]
+    if unsupported and not cfg.model.from_pretrained:
         raise FinetuneError(
-            f"model.family: fine-tuning from scratch supports BERT-style encoders, not {cfg.model.family}"
+            f"methods: {family.name} is not fine-tuned with {', '.join(unsupported)} "
+            f"(its methods: {', '.join(family.methods) or 'none'}); start from a folder with model.from_pretrained"
         )
     try:
         resolve_precision(cfg.deepspeed.precision, cfg.scaling.use_gpu)
@@ -96,98 +102,18 @@ def plan(cfg: FinetuneConfig) -> dict[str, Any]:
         tcfg = cfg.for_task(name)
         for split in splits_of(tcfg, spec):
             try:
-                splits[name][split] = load_split(
-                    name, spec, tcfg.task.data_root, split, tcfg.task.max_bad_fraction
-                )
+                splits[name][split] = load_split(name, spec, tcfg.task.data_root, split, tcfg.task.max_bad_fraction)
             except (TaskDataError, OSError) as err:
                 raise FinetuneError(f"task {name}, split {split}: {err}") from None
-    if any(m in NEURAL for m in cfg.methods):
+    if any(METHODS[m].neural for m in cfg.methods):
         Encoder(tokenizer, cfg.task.max_len, cfg.task.truncation)  # vocabulary has what we need
-    return {"specs": specs, "splits": splits, "tokenizer": tokenizer, "run_dir": _run_dir(cfg)}
-
-
-def _run_dir(cfg: FinetuneConfig) -> str:
-    out = resolve_path(cfg.run.output_dir())
-    return out if storage.is_uri(out) else os.path.abspath(out)
+    return {"specs": specs, "splits": splits, "tokenizer": tokenizer, "run_dir": cfg.run.run_dir()}
 
 
 # ---------------------------------------------------------------------------------------------
 # worker side
 # ---------------------------------------------------------------------------------------------
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device) for k, v in batch.items() if k not in ("row", "uid")}
-
-
-def _payload(method: str, shape: str, batch: dict, out) -> list:
-    """Per row, what the driver needs: label/candidate logits, tag ids, or (option, score) pairs."""
-    res = []
-    for j, uid in enumerate(batch["uid"].tolist()):
-        if method.startswith("unimc"):
-            opts = batch["option_ids"][j].tolist()
-            res.append((uid, [(o, float(s)) for o, s in zip(opts, out[j].tolist(), strict=True) if o >= 0]))
-        elif shape == "tagging":
-            n = int(batch["attention_mask"][j].sum()) - 2
-            res.append((uid, out[j, 1 : 1 + n].argmax(-1).tolist()))
-        else:
-            res.append((uid, out[j].tolist()))
-    return res
-
-
-def _evaluate(engine, name: str, config: dict, rank: int, world: int) -> dict[int, Any]:
-    """Every worker scores the rows ``uid % world == rank``, in the same number of forward passes
-    (ZeRO-3 gathers parameters collectively), then all outputs are gathered on every worker."""
-    import numpy as np
-    import ray.train
-    import torch
-    import torch.distributed as dist
-
-    from fs_ray.encoding import collate_rows
-
-    n_rows = config[f"{name}_rows"]
-    if n_rows == 0:
-        return {}
-    mine: dict[str, list] = {}
-    fallback = None
-    for b in ray.train.get_dataset_shard(name).iter_batches(batch_size=256, batch_format="numpy"):
-        if fallback is None:
-            fallback = {k: v[:1] for k, v in b.items()}
-        keep = b["uid"] % world == rank
-        for k, v in b.items():
-            mine.setdefault(k, []).append(v[keep])
-    cols = {k: np.concatenate(v) for k, v in mine.items()}
-    n_mine = len(cols["uid"])
-    if n_mine == 0:
-        cols, n_mine = fallback, 0
-    bs = config["eval_batch_size"]
-    n_batches = math.ceil(math.ceil(n_rows / world) / bs)
-    out: list = []
-    module = engine.module
-    module.eval()
-    with torch.no_grad():
-        for i in range(n_batches):
-            # ranks with fewer rows repeat one so every rank runs the same forward passes
-            lo = i * bs if i * bs < n_mine else 0
-            batch = collate_rows({k: v[lo : lo + bs] for k, v in cols.items()})
-            logits = module.logits(**_to(batch, engine.device)).float().cpu()
-            if i * bs < n_mine:
-                out.extend(_payload(config["method"], config["shape"], batch, logits))
-    module.train()
-    gathered = [out]
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, out)
-    return {uid: payload for part in gathered for uid, payload in part}
-
-
-def _dev_metric(config: dict, outputs: dict[int, Any]) -> dict[str, float]:
-    preds, _ = decode(
-        config["shape"], config["method"], config["labels"], len(config["dev_gold"]), outputs,
-        config["dev_row_of"], config["dev_lengths"],
-    )  # fmt: skip
-    return score_labels(config["metric"], config["dev_gold"], preds)
-
-
-def _quiet_data() -> None:
+def quiet_ray_data() -> None:
     """Ray Data's per-dataset progress bars drown the training log for many small datasets."""
     from ray.data import DataContext
 
@@ -196,134 +122,196 @@ def _quiet_data() -> None:
     ctx.print_on_execution_start = False
 
 
-def finetune_loop(config: dict[str, Any]) -> dict[str, Any] | None:
-    """Ray Train worker: build, (resume,) train for the planned epochs, evaluate, predict."""
-    import ray.train
-    import torch
+class FinetuneWork:
+    """What the worker loop needs for one task/method/split: the method's model and loss, the
+    encoded training rows epoch after epoch (seeded shuffle), dev evaluated and checkpointed every
+    ``checkpoint.every_n_epochs``, dev and test outputs gathered at the end."""
 
-    from fs_ray.encoding import collate_rows
-    from fs_ray.models import HeadObjective, UniMCObjective, build_task_model
-    from fs_ray.training import _maybe_fail, make_engine
+    id_key = "uid"
+    log_every = 10**9  # one progress line per evaluation (the line is printed at every checkpoint)
+    trace_dir = tensorboard_dir = metrics_path = None
 
-    _quiet_data()
-    cfg = FinetuneConfig.model_validate(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    on_gpu = cfg.scaling.use_gpu and torch.cuda.is_available()
-    torch.manual_seed(cfg.run.seed)
-    method, shape = config["method"], config["shape"]
-    model = build_task_model(
-        cfg.model, method, shape, config["labels"], config["vocab_size"], cfg.task.max_len, config["special"]
-    )
-    module = UniMCObjective(model, config["yes_id"]) if method.startswith("unimc") else HeadObjective(model)
-    engine = make_engine(module, cfg, world, on_gpu, total_steps=max(1, config["total_steps"]))
+    def __init__(self, cfg: FinetuneConfig, split: TaskSplit, method: str, info: dict[str, Any]):
+        self.cfg = cfg
+        self.optim, self.deepspeed, self.scaling = cfg.optim, cfg.deepspeed, cfg.scaling
+        self.seed = cfg.run.seed
+        self.method = get_method(method)
+        self.shape, self.labels, self.metric = split.spec.shape, split.labels, split.spec.metric
+        self.label = f"{split.name}/{method}/split_{split.split}"
+        self.info = info  # sizes, schedule, gold labels, special ids, tokenizer, task card
+        self.epochs = info["epochs"]
+        self.steps_per_epoch = info["steps_per_epoch"]
+        self.total_steps = info["total_steps"]
+        self.final_checkpoint = info["export"]
+        self.probe_keys = ("input_ids", "attention_mask", "token_type_ids")
+        self.history: list[dict] = []
+        self.resumed_from: int | None = None
+        self.dev: dict | None = None
 
-    epoch, history, resumed_from = 0, [], None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as d:
-            _, client = engine.load_checkpoint(d, tag="deepspeed")
-        epoch, history = int(client["epoch"]), list(client["history"])
-        resumed_from = epoch
-        if rank == 0:
-            print(f"[finetune] {config['label']}: resumed after epoch {epoch}", flush=True)
+    def epoch_of(self, step: int) -> int:
+        return math.ceil(step / self.steps_per_epoch) if self.steps_per_epoch else 0
 
-    epochs = config["epochs"]
-    every = cfg.checkpoint.every_n_epochs
-    shard = ray.train.get_dataset_shard("train") if epochs else None
-    steps_left = config["total_steps"] - epoch * config["steps_per_epoch"]
-    t0 = time.monotonic()
-    dev = None
-    while epoch < epochs and steps_left > 0:
-        losses = []
-        for batch in shard.iter_torch_batches(
-            batch_size=cfg.optim.micro_batch_size,
-            collate_fn=collate_rows,
-            local_shuffle_buffer_size=max(config["train_rows"], 1),
-            local_shuffle_seed=cfg.run.seed * 1000 + epoch,
-        ):
-            if steps_left <= 0:
-                break
-            _maybe_fail(config["total_steps"] - steps_left, rank, config["marker_dir"])
-            loss = engine(**_to(batch, engine.device))
-            engine.backward(loss)
-            engine.step()
-            losses.append(float(loss))
-            steps_left -= 1
-        epoch += 1
-        if epoch % every == 0 or epoch >= epochs or steps_left <= 0:
-            dev = _evaluate(engine, "dev", config, rank, world)
-            metrics = _dev_metric(config, dev)
-            record = {
-                "epoch": epoch,
-                "step": config["total_steps"] - steps_left,
-                "train_loss": sum(losses) / max(1, len(losses)),
-                **{f"dev_{k}": v for k, v in metrics.items()},
-            }
-            history.append(record)
-            if rank == 0:
-                print(
-                    f"[finetune] {config['label']}: epoch {epoch}/{epochs}  loss {record['train_loss']:.4f}  "
-                    + "  ".join(f"dev {k} {v:.4f}" for k, v in metrics.items())
-                    + f"  ({time.monotonic() - t0:.0f}s)",
-                    flush=True,
+    def setup(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+        quiet_ray_data()
+
+    def build(self):
+        from fs_ray.families import build_model
+
+        info = self.info
+        model = build_model(
+            self.cfg.model,
+            self.method.auto_class(self.shape),
+            info["vocab_size"],
+            self.cfg.task.max_len,
+            info["special"],
+            head_kwargs=self.method.head_kwargs(self.shape, self.labels),
+        )
+        return self.method.wrap(model, info["yes_id"]), model
+
+    def resume(self, state: dict, resumed: bool) -> None:
+        self.history = list(state.get("history", []))
+        if resumed:
+            self.resumed_from = self.epoch_of(int(state["step"]))
+            if self.rank == 0:
+                print(f"[finetune] {self.label}: resumed after epoch {self.resumed_from}", flush=True)
+
+    def batches(self, start: int):
+        """Micro-batches from ``start`` on: epoch after epoch of this rank's shard, each epoch
+        shuffled with its own seed."""
+        import ray.train
+
+        from fs_ray.data.encoding import collate_rows
+
+        shard = ray.train.get_dataset_shard("train")
+        epoch, skip = divmod(start, self.steps_per_epoch * self.optim.grad_accum)
+        while True:
+            for i, batch in enumerate(
+                shard.iter_torch_batches(
+                    batch_size=self.optim.micro_batch_size,
+                    collate_fn=collate_rows,
+                    local_shuffle_buffer_size=max(self.info["train_rows"], 1),
+                    local_shuffle_seed=self.seed * 1000 + epoch,
                 )
-            _report(engine, model, rank, {"epoch": epoch, "history": history}, record, cfg, export=False)
+            ):
+                if i >= skip:
+                    yield batch
+            epoch, skip = epoch + 1, 0
 
-    if dev is None:  # zero-shot, or resumed after the last evaluation
-        dev = _evaluate(engine, "dev", config, rank, world)
-    test = _evaluate(engine, "test", config, rank, world)
-    if config["export"]:
-        final = {"epoch": epoch, "history": history}
-        _report(engine, model, rank, final, {"epoch": epoch, "final": 1}, cfg, export=True, config=config)
-    if rank == 0:
+    def inputs(self, batch, gen):
+        return {k: v for k, v in batch.items() if k not in ("row", "uid")}
+
+    def checkpoint_due(self, step: int) -> bool:
+        if step == self.total_steps:
+            return True
+        return step % self.steps_per_epoch == 0 and (step // self.steps_per_epoch) % self.cfg.checkpoint.every_n_epochs == 0
+
+    def evaluate(self, engine, step: int, train_loss: float) -> dict:
+        self.dev = self._outputs(engine, "dev")
+        preds, _ = self.method.decode(
+            self.shape, self.labels, len(self.info["dev_gold"]), self.dev, self.info["dev_row_of"], self.info["dev_lengths"]
+        )
+        metrics = score_labels(self.metric, self.info["dev_gold"], preds)
+        record = {
+            "epoch": self.epoch_of(step),
+            "step": step,
+            "train_loss": train_loss,
+            **{f"dev_{k}": v for k, v in metrics.items()},
+        }
+        self.history.append(record)
+        if self.rank == 0:
+            print(
+                f"[finetune] {self.label}: epoch {record['epoch']}/{self.epochs}  loss {train_loss:.4f}  "
+                + "  ".join(f"dev {k} {v:.4f}" for k, v in metrics.items()),
+                flush=True,
+            )
+        return record
+
+    def report(self, step: int) -> dict:
+        return {"epoch": self.epoch_of(step)}
+
+    def state(self) -> dict:
+        return {"history": self.history}
+
+    def checkpoint_meta(self) -> dict:
+        return {
+            "auto_class": self.method.auto_class(self.shape),
+            "method": self.method.name,
+            "family": self.cfg.model.family,
+            "special_ids": self.info["special"],
+        }
+
+    def checkpoint_files(self) -> dict[str, str]:
+        return {
+            layout.TOKENIZER_FILE: self.info["tokenizer_json"],
+            layout.TASK_FILE: json.dumps(self.info["task_card"], ensure_ascii=False, indent=2),
+        }
+
+    def finish(self, engine, rank: int, world: int) -> dict | None:
+        dev = self.dev if self.dev is not None else self._outputs(engine, "dev")
+        test = self._outputs(engine, "test")
+        if rank != 0:
+            return None
         return {
             "dev": dev,
             "test": test,
-            "history": history,
-            "epochs_done": epoch,
-            "resumed_from": resumed_from,
+            "history": self.history,
+            "epochs_done": self.epoch_of(self.total_steps),
+            "resumed_from": self.resumed_from,
         }
-    return None
 
+    def _outputs(self, engine, name: str) -> dict[int, Any]:
+        """Every worker scores the rows ``uid % world == rank``, in the same number of forward passes
+        (ZeRO-3 gathers parameters collectively), then all outputs are gathered on every worker."""
+        import numpy as np
+        import ray.train
+        import torch
+        import torch.distributed as dist
 
-def _report(engine, model, rank, state, metrics, cfg, export: bool, config: dict | None = None) -> None:
-    import contextlib
+        from fs_ray.data.encoding import collate_rows
 
-    import ray.train
-
-    tmp = tempfile.mkdtemp(prefix="fs_ray_ft_")
-    try:
-        engine.save_checkpoint(tmp, tag="deepspeed", client_state=state)
-        if export:
-            gather = contextlib.nullcontext()
-            if cfg.deepspeed.zero_stage == 3:
-                import deepspeed
-
-                gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-            with gather:
-                if rank == 0:
-                    hf = os.path.join(tmp, "hf")
-                    model.save_pretrained(hf, safe_serialization=True)
-                    with open(os.path.join(hf, "tokenizer.json"), "w", encoding="utf-8") as f:
-                        f.write(config["tokenizer_json"])
-                    with open(os.path.join(hf, TASK_FILE), "w", encoding="utf-8") as f:
-                        json.dump(config["task_card"], f, ensure_ascii=False, indent=2)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        n_rows = self.info[f"{name}_rows"]
+        if n_rows == 0:
+            return {}
+        rank, world = self.rank, self.world
+        mine: dict[str, list] = {}
+        fallback = None
+        for b in ray.train.get_dataset_shard(name).iter_batches(batch_size=256, batch_format="numpy"):
+            if fallback is None:
+                fallback = {k: v[:1] for k, v in b.items()}
+            keep = b["uid"] % world == rank
+            for k, v in b.items():
+                mine.setdefault(k, []).append(v[keep])
+        cols = {k: np.concatenate(v) for k, v in mine.items()}
+        n_mine = len(cols["uid"])
+        if n_mine == 0:
+            cols = fallback
+        bs = self.optim.eval_batch_size
+        out: list = []
+        module = engine.module
+        module.eval()
+        with torch.no_grad():
+            for i in range(math.ceil(math.ceil(n_rows / world) / bs)):
+                # ranks with fewer rows repeat one so every rank runs the same forward passes
+                lo = i * bs if i * bs < n_mine else 0
+                batch = collate_rows({k: v[lo : lo + bs] for k, v in cols.items()})
+                inputs = {k: v.to(engine.device) for k, v in batch.items() if k not in ("row", "uid")}
+                logits = module.logits(**inputs).float().cpu()
+                if i * bs < n_mine:
+                    out.extend(self.method.payload(self.shape, batch, logits))
+        module.train()
+        gathered = [out]
+        if world > 1:
+            gathered = [None] * world
+            dist.all_gather_object(gathered, out)
+        return {uid: payload for part in gathered for uid, payload in part}
 
 
 # ---------------------------------------------------------------------------------------------
 # driver side
 # ---------------------------------------------------------------------------------------------
-def _rows(
-    split: TaskSplit, examples, enc: Encoder, method: str, labelled: bool, train: bool, cfg
-) -> list[dict]:
-    if method.startswith("unimc"):
-        rows = encode_unimc(split, examples, enc, labelled, train, cfg.task.unimc_max_options, cfg.run.seed)
-    else:
-        rows = encode_head(split, examples, enc, labelled)
+def _rows(split: TaskSplit, examples, enc: Encoder, method: str, labelled: bool, train: bool, cfg) -> list[dict]:
+    rows = get_method(method).encode(split, examples, enc, labelled, train, cfg)
     for uid, row in enumerate(rows):
         row["uid"] = uid
     return rows
@@ -340,42 +328,34 @@ def run_neural(
     predict_test: bool = True,
     callbacks: list | None = None,
 ):
-    """One TorchTrainer run; returns (dev predictions, dev scores, test predictions, history, seconds).
+    """One TorchTrainer run; returns (dev predictions, dev scores, test predictions, history, seconds, extra).
     ``callbacks``: Ray Train callbacks of the run (a Tune sweep passes its report callback)."""
     import ray
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import DataConfig
 
+    from fs_ray.data.tokenization import special_ids
+    from fs_ray.training.loop import fit
+
+    m = get_method(method)
     enc = Encoder(tokenizer, cfg.task.max_len, cfg.task.truncation)
-    train_rows = _rows(split, split.train, enc, method, True, True, cfg) if method != "unimc_zero" else []
+    train_rows = _rows(split, split.train, enc, method, True, True, cfg) if m.trains else []
     dev_rows = _rows(split, split.dev, enc, method, True, False, cfg)
     tests = split.test if predict_test else []
     test_rows = _rows(split, tests, enc, method, split.spec.test_labelled, False, cfg)
     world = cfg.scaling.num_workers
-    epochs = 0 if method == "unimc_zero" else math.ceil(cfg.optim.epochs)
+    epochs = math.ceil(cfg.optim.epochs) if m.trains else 0
     if epochs and len(train_rows) < world:
-        raise FinetuneError(
-            f"{split.name} split {split.split}: {len(train_rows)} training rows for {world} workers"
-        )
+        raise FinetuneError(f"{split.name} split {split.split}: {len(train_rows)} training rows for {world} workers")
     per_rank = len(train_rows) // world
-    steps_per_epoch = math.ceil(per_rank / cfg.optim.micro_batch_size) if epochs else 0
+    batches_per_epoch = math.ceil(per_rank / cfg.optim.micro_batch_size) if epochs else 0
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum) if epochs else 0
     total_steps = round(cfg.optim.epochs * steps_per_epoch) if epochs else 0
     label = f"{split.name}/{method}/split_{split.split}"
-    vocab = tokenizer.get_vocab_size(with_added_tokens=True)
-    from fs_ray.tokenization import special_ids
-
     worker_cfg = cfg.model_dump(mode="json")
-    start = cfg.model.from_pretrained
-    if start and not storage.is_uri(start):  # workers run in their own working directories
-        worker_cfg["model"]["from_pretrained"] = os.path.abspath(resolve_path(start))
-    config = {
-        "cfg": worker_cfg,
-        "method": method,
-        "shape": split.spec.shape,
-        "labels": split.labels,
-        "metric": split.spec.metric,
-        "label": label,
-        "vocab_size": vocab,
+    if cfg.model.from_pretrained and not storage.is_uri(cfg.model.from_pretrained):
+        worker_cfg["model"]["from_pretrained"] = absolute(cfg.model.from_pretrained)
+    info = {
+        "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
         "special": special_ids(tokenizer).as_dict(),
         "yes_id": enc.yes,
         "epochs": epochs,
@@ -384,12 +364,10 @@ def run_neural(
         "train_rows": len(train_rows),
         "dev_rows": len(dev_rows),
         "test_rows": len(test_rows),
-        "eval_batch_size": cfg.optim.eval_batch_size,
         "dev_gold": gold_of(split, split.dev),
         "dev_row_of": [int(r["row"]) for r in dev_rows],
         "dev_lengths": [len(ex.texts[0]) for ex in split.dev],
         "export": export,
-        "marker_dir": _run_dir(cfg) if not storage.is_uri(_run_dir(cfg)) else tempfile.gettempdir(),
         "tokenizer_json": tokenizer.to_str(),
         "task_card": {
             "task": split.name,
@@ -403,12 +381,13 @@ def run_neural(
             "trained_on": f"{split.spec.train_file.format(split=split.split)}",
         },
     }
+    work = FinetuneWork(FinetuneConfig.model_validate(worker_cfg), split, method, info)
     datasets = {
         "train": ray.data.from_items(train_rows or [{"uid": 0}]),
         "dev": ray.data.from_items(dev_rows or [{"uid": 0}]),
         "test": ray.data.from_items(test_rows or [{"uid": 0}]),
     }
-    train_dir = storage.join(_run_dir(cfg), "train")
+    train_dir = storage.join(cfg.run.run_dir(), "train")
     run_name = f"{cfg.run.name}-{split.name}-{method}-{split.split}"
     if cfg.overwrite and storage.exists(storage.join(train_dir, run_name)):
         storage.remove_tree(storage.join(train_dir, run_name))  # start over instead of resuming
@@ -417,47 +396,28 @@ def run_neural(
         f"[finetune] {label}: {len(split.train)} train / {len(split.dev)} dev / {len(tests)} test records, "
         f"{epochs} epoch(s) x {steps_per_epoch} steps on {world} worker(s)"
     )
-    trainer = TorchTrainer(
-        finetune_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(
-            num_workers=world,
-            use_gpu=cfg.scaling.use_gpu,
-            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker},
-            placement_strategy=cfg.scaling.placement_strategy,
-        ),
+    result = fit(
+        work,
+        name=run_name,
+        storage_path=train_dir,
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=train_dir,
-            failure_config=FailureConfig(max_failures=cfg.checkpoint.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep_last),
-            callbacks=callbacks,
-            # the fault-injection hook set on the driver (or the job) reaches the workers
-            worker_runtime_env={"env_vars": {FAIL_ENV: os.environ[FAIL_ENV]}}
-            if os.environ.get(FAIL_ENV)
-            else None,
-        ),
+        checkpoint=cfg.checkpoint,
+        callbacks=callbacks,
     )
-    result = trainer.fit()
     out = result.return_value
-    dev_pred, dev_scores = decode(
-        split.spec.shape,
-        method,
-        split.labels,
-        len(split.dev),
-        out["dev"],
-        config["dev_row_of"],
-        config["dev_lengths"],
+    dev_pred, dev_scores = m.decode(
+        split.spec.shape, split.labels, len(split.dev), out["dev"], info["dev_row_of"], info["dev_lengths"]
     )
-    test_pred, _ = decode(
-        split.spec.shape, method, split.labels, len(tests), out["test"],
+    test_pred, _ = m.decode(
+        split.spec.shape, split.labels, len(tests), out["test"],
         [int(r["row"]) for r in test_rows], [len(ex.texts[0]) for ex in tests],
     )  # fmt: skip
     if export and result.checkpoint is not None:
-        with result.checkpoint.as_directory() as d:
-            _copy_tree(os.path.join(d, "hf"), storage.join(out_dir, "export"))
+        from fs_ray.training.export import export_checkpoint
+
+        with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
+            _copy_tree(export_checkpoint(d, os.path.join(tmp, "export")), storage.join(out_dir, "export"))
     extra = {"resumed_from_epoch": out["resumed_from"]} if out["resumed_from"] is not None else {}
     return dev_pred, dev_scores, test_pred, out["history"], time.monotonic() - t, extra
 
@@ -498,7 +458,7 @@ def run_split(
     history: list = []
     extra: dict = {}
     dev_scores: list = [None] * len(split.dev)
-    if method == "tfidf":
+    if not get_method(method).neural:
         import ray
 
         t = time.monotonic()
@@ -551,7 +511,7 @@ def run_split(
 
 
 def _tfidf_task(split: TaskSplit) -> dict:
-    from fs_ray.baseline import tfidf_predict
+    from fs_ray.training.baseline import tfidf_predict
 
     t = time.monotonic()
     return {**tfidf_predict(split), "seconds": time.monotonic() - t}
@@ -681,16 +641,14 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
 
     p = plan(cfg)
     run_dir = p["run_dir"]
-    storage.write_text(
-        storage.join(run_dir, "config.yaml"), f"# resolved {type(cfg).__name__}\n" + to_yaml(cfg)
-    )
+    write_resolved(cfg, run_dir)
     if not ray.is_initialized():
         ray.init()
     try:
         storage.check_shared(run_dir)  # multi-node: every worker must reach the checkpoints
     except storage.StorageError as err:
         raise FinetuneError(str(err)) from None
-    _quiet_data()
+    quiet_ray_data()
     n_runs = sum(len(s) * len(cfg.for_task(n).methods) for n, s in p["splits"].items())
     log(
         f"[finetune] {len(p['specs'])} task(s) x method(s) ({', '.join(cfg.methods)}) = {n_runs} runs "
@@ -705,7 +663,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
         sub_split = splits.get(cfg.submission_split) or list(splits.values())[-1]
         for method in tcfg.methods:
             for split in splits.values():
-                future = (lambda s=split: tfidf.remote(s)) if method == "tfidf" else None
+                future = None if METHODS[method].neural else (lambda s=split: tfidf.remote(s))
                 predict_test = split is sub_split or split.spec.test_labelled
                 records.append(
                     run_split(tcfg, split, method, p["tokenizer"], run_dir, log, future, predict_test)

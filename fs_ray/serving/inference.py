@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from fs_ray.encoding import YES, Encoder, option_groups, render_unimc
-from fs_ray.tokenization import load_tokenizer
+from fs_ray.data.encoding import YES, Encoder, option_groups, render_unimc
+from fs_ray.data.tokenization import load_tokenizer
+from fs_ray.objectives import get_method
+from fs_ray.training.checkpoint import read_task_card
 
-TASK_FILE = "fs_ray_task.json"
 MASK = "[MASK]"
 _CJK_SPACE = re.compile(r"(?<=[^\x00-\x7f]) (?=[^\x00-\x7f])|(?<=[^\x00-\x7f]) (?=[\x00-\x7f])|(?<=[\x00-\x7f]) (?=[^\x00-\x7f])")
 
@@ -41,14 +42,6 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.status = status
-
-
-def read_card(folder: str) -> dict | None:
-    path = os.path.join(folder, TASK_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def read_config(folder: str) -> dict:
@@ -63,9 +56,9 @@ def model_kind(folder: str) -> str:
     """``mlm``, ``classifier``, ``tagger``, ``choice``, ``clm`` or ``seq2seq``, from config.json
     (and the fine-tuning card, which tells a UniMC-trained MLM classifier from a plain MLM)."""
     arch = " ".join(read_config(folder).get("architectures") or [])
-    card = read_card(folder)
-    if card and str(card.get("method", "")).startswith("unimc"):
-        return "classifier"
+    card = read_task_card(folder)
+    if card and get_method(str(card.get("method", "head"))).scores_options:
+        return "classifier"  # an MLM trained to score options
     for key, kind in (
         ("ForSequenceClassification", "classifier"),
         ("ForTokenClassification", "tagger"),
@@ -235,7 +228,7 @@ class TaskModel(_Base):
         import transformers
 
         self.config = read_config(folder)
-        self.card = read_card(folder) or {}
+        self.card = read_task_card(folder) or {}
         super().__init__(folder, int(max_len or self.card.get("max_len") or 512))
         self.kind = model_kind(folder)
         if self.kind not in ("classifier", "tagger"):
@@ -246,7 +239,7 @@ class TaskModel(_Base):
         self.shape = self.card.get("shape", "tagging" if self.kind == "tagger" else "single")
         id2label = self.config.get("id2label") or {}
         self.labels = list(self.card.get("labels") or [id2label[k] for k in sorted(id2label, key=int)])
-        if self.method.startswith("unimc"):
+        if get_method(self.method).scores_options:
             self.mlm = MaskedLM(folder, self.max_len, self.enc.truncation)
             verbalizer = self.card.get("verbalizer") or {}
             self.options = [verbalizer.get(label, label) for label in self.labels]
@@ -258,9 +251,6 @@ class TaskModel(_Base):
     @property
     def task(self) -> str:
         return self.card.get("task", "")
-
-    def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "task": self.task, "method": self.method, "shape": self.shape, "labels": self.labels}
 
     @torch.no_grad()
     def classify(
@@ -274,7 +264,7 @@ class TaskModel(_Base):
             raise InputError("text_pairs", f"{self.name} is a sentence-pair model: give one text_pair per text")
         if not pair and text_pairs:
             raise InputError("text_pairs", f"{self.name} is a single-sentence model: drop text_pairs")
-        if self.method.startswith("unimc"):
+        if get_method(self.method).scores_options:
             question = self.card.get("question") or ""
             out = []
             for i, text in enumerate(texts):
@@ -299,7 +289,7 @@ class TaskModel(_Base):
         One token per character, as the tagger was trained; long texts go in consecutive windows."""
         if self.kind != "tagger":
             raise InputError("model", f"{self.name} is a {self.kind}; use the classify endpoint")
-        from fs_ray.encoding import entities
+        from fs_ray.data.encoding import entities
 
         width = self.max_len - 2
         windows, owners = [], []

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import heapq
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,11 +32,7 @@ import pyarrow.parquet as pq
 from ray.train import DataConfig
 
 from fs_ray import storage
-from fs_ray.corpus import MANIFEST_FORMAT, MANIFEST_NAME
-
-
-class CorpusError(RuntimeError):
-    """A prepared folder that cannot be trained on (no manifest, wrong format, ...)."""
+from fs_ray.data.manifest import CorpusError, read_manifest
 
 
 @dataclass(frozen=True)
@@ -75,16 +70,7 @@ class PreparedCorpus:
 
     @classmethod
     def load(cls, root: str) -> PreparedCorpus:
-        path = storage.join(root, MANIFEST_NAME)
-        if not storage.exists(path):
-            raise CorpusError(
-                f"{root} has no {MANIFEST_NAME}: it is not a prepared corpus, or its preparation did not finish "
-                "(run jobs/prepare.py)"
-            )
-        manifest = json.loads(storage.read_text(path))
-        if manifest.get("format") != MANIFEST_FORMAT:
-            raise CorpusError(f"{path}: format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-        return cls(root, manifest)
+        return cls(root, read_manifest(root))
 
     @property
     def seq_len(self) -> int:

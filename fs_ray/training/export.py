@@ -3,8 +3,9 @@
 Works for every ZeRO stage: the DeepSpeed checkpoint's per-rank shards (ZeRO-1/2 optimizer
 partitions, ZeRO-3 parameter partitions) are merged into one fp32 state dict on the CPU, the
 way DeepSpeed's own ``zero_to_fp32`` does, then loaded into a model built from the saved
-config and written with ``save_pretrained``. The result loads with ``AutoModelFor...`` and
-needs neither DeepSpeed nor fs_ray.
+config with the auto class the checkpoint names, and written with ``save_pretrained``. The
+result loads with ``AutoModelFor...`` and needs neither DeepSpeed nor fs_ray. Pretraining and
+fine-tuning export the same way (the layout is :mod:`fs_ray.training.checkpoint`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import os
 
 import torch
 
-from fs_ray.training import DS_TAG, PROBE_FILE, STATE_FILE
+from fs_ray.training import checkpoint as layout
+from fs_ray.training.checkpoint import DS_TAG
 
 
 def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -31,28 +33,17 @@ def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]
 
 def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     """Write ``out_dir`` as a Hugging Face folder from an fs_ray checkpoint folder; return it."""
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForMaskedLM,
-        AutoModelForSeq2SeqLM,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import AutoConfig, PreTrainedTokenizerFast
 
-    state_path = os.path.join(checkpoint_dir, STATE_FILE)
-    if not os.path.exists(state_path):
-        raise FileNotFoundError(f"{checkpoint_dir} is not an fs_ray checkpoint (no {STATE_FILE})")
-    with open(state_path) as f:
-        state = json.load(f)
-    config = AutoConfig.from_pretrained(os.path.join(checkpoint_dir, "hf_config.json"))
-    auto = {"mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM, "span": AutoModelForSeq2SeqLM}[
-        state["objective"]
-    ]
-    model = auto.from_config(config)
+    from fs_ray.families import get_family
+
+    state = layout.read_state(checkpoint_dir)
+    config = AutoConfig.from_pretrained(os.path.join(checkpoint_dir, layout.HF_CONFIG_FILE))
+    model = get_family(state["family"]).build(state["auto_class"], config)
     weights = _state_dict(checkpoint_dir, int(state.get("zero_stage", 0)))
     weights = {
         k.removeprefix("model."): v.float() for k, v in weights.items()
-    }  # the objective wrapper's prefix
+    }  # the loss wrapper's prefix
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
@@ -61,7 +52,7 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
             f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     verified = None
-    probe_path = os.path.join(checkpoint_dir, PROBE_FILE)
+    probe_path = os.path.join(checkpoint_dir, layout.PROBE_FILE)
     if os.path.exists(probe_path):  # logits the training workers computed when saving this checkpoint
         probe = torch.load(probe_path, map_location="cpu", weights_only=True)
         model.eval()
@@ -76,7 +67,7 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     model.save_pretrained(out_dir, safe_serialization=True)
 
     special = state["special_ids"]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(checkpoint_dir, "tokenizer.json"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(checkpoint_dir, layout.TOKENIZER_FILE))
     backend = tokenizer.backend_tokenizer
     names = {
         "pad": "pad_token",
@@ -90,7 +81,11 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
         {names[k]: backend.id_to_token(v) for k, v in special.items() if k in names and isinstance(v, int)}
     )
     tokenizer.save_pretrained(out_dir)
-    with open(os.path.join(out_dir, "fs_ray_export.json"), "w") as f:
+    card = layout.read_task_card(checkpoint_dir)
+    if card is not None:  # a fine-tuned model: what serving and evaluation need to encode as training did
+        with open(os.path.join(out_dir, layout.TASK_FILE), "w", encoding="utf-8") as f:
+            json.dump(card, f, ensure_ascii=False, indent=2)
+    with open(os.path.join(out_dir, layout.EXPORT_FILE), "w") as f:
         json.dump(
             {
                 "from_checkpoint": os.path.abspath(checkpoint_dir),

@@ -35,18 +35,13 @@ import pyarrow.parquet as pq
 
 from fs_ray import storage
 from fs_ray.assets import resolve_path
-from fs_ray.config import to_yaml
+from fs_ray.config import write_resolved
+from fs_ray.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, ROW_GROUP_ROWS, SHARDS_SUBDIR, TOKENIZER_FILE
+from fs_ray.data.tokenization import SpecialIds, WordSegmenter, load_tokenizer, special_ids
 from fs_ray.run_configs import CleanSection, PackSection, PrepareConfig
-from fs_ray.tokenization import SpecialIds, WordSegmenter, load_tokenizer, special_ids
-
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "fs_ray.prepared/1"
-SHARDS_SUBDIR = "shards"
-ROW_GROUP_ROWS = 256  # the unit of shuffling and of mid-epoch resume in fs_ray.ingest
 
 BAD_REASONS = ("invalid_utf8", "binary", "malformed_json", "missing_field", "bad_field_type")
 CLEAN_REASONS = ("blank_line", "empty", "too_short", "duplicate")
-FILE_REASONS = ("empty_file", "unreadable_file")
 _BINARY_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls but tab/newlines
 MIN_RECORDS_BEFORE_ABORT = 1000  # judge the bad fraction early only once it means something
 FIRST_BAD_KEPT = 20
@@ -611,9 +606,9 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
     manifest = build_manifest(
         cfg, out, shards_dir, tok, ids, dtype, counts, snap["first_bad"], files, elapsed
     )
-    storage.write_text(storage.join(out, "tokenizer.json"), tok.to_str())
+    storage.write_text(storage.join(out, TOKENIZER_FILE), tok.to_str())
 
-    storage.write_text(storage.join(out, "config.yaml"), f"# resolved {type(cfg).__name__}\n" + to_yaml(cfg))
+    write_resolved(cfg, out)
     storage.write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
 
@@ -658,7 +653,7 @@ def build_manifest(
         "config": cfg.model_dump(mode="json"),
         "tokenizer": {
             "source": cfg.tokenizer.source,
-            "file": "tokenizer.json",
+            "file": TOKENIZER_FILE,
             "vocab_size": vocab,
             "lowercase": cfg.tokenizer.lowercase,
             "special_ids": ids.as_dict(),

@@ -1,0 +1,227 @@
+"""The one worker loop of pretraining and fine-tuning, and the one ``TorchTrainer`` set-up.
+
+A run hands :func:`fit` a *work* object (:class:`~fs_ray.training.pretrain.PretrainWork` or
+:class:`~fs_ray.training.finetune.FinetuneWork`): it says how to build the model, where the
+batches come from, how a batch becomes the objective's inputs, when to checkpoint and what to
+evaluate. Everything else is written once here: seeding, the DeepSpeed engine, resume from
+``ray.train.get_checkpoint()``, gradient accumulation, progress lines (loss, lr, tokens/s, ETA)
+with ``metrics.jsonl`` and TensorBoard, checkpoints through ``ray.train.report`` (every rank
+saves its DeepSpeed shards, rank 0 the config, tokenizer and probe), and the ZeRO-3 gather the
+export probe needs.
+
+Resume is exact: a checkpoint carries the optimizer step; the work reopens its batches at
+``step * grad_accum`` micro-batches, so a restarted worker group trains on exactly the batches
+the lost one would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from fs_ray.training import checkpoint as layout
+from fs_ray.training.engine import make_engine
+
+
+def probe_logits(model, probe: dict[str, torch.Tensor], zero_stage: int) -> torch.Tensor:
+    """The model's logits on a fixed input, gathering ZeRO-3 partitions (collective: all ranks call)."""
+    gather = contextlib.nullcontext()
+    if zero_stage == 3:
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+    was_training = model.training
+    model.eval()
+    with gather, torch.no_grad():
+        logits = model(**probe).logits.float().cpu()
+    model.train(was_training)
+    return logits
+
+
+def save_checkpoint(engine, model, work, rank: int, step: int, state: dict, metrics: dict, probe=None) -> None:
+    """Every rank saves its DeepSpeed shards; rank 0 adds what export needs; one report registers it."""
+    import ray.train
+
+    tmp = tempfile.mkdtemp(prefix="fs_ray_ckpt_")
+    try:
+        client = {**state, "step": step}
+        engine.save_checkpoint(tmp, tag=layout.DS_TAG, client_state=client)
+        if probe is not None:  # export recomputes these logits from the saved weights to verify itself
+            logits = probe_logits(model, probe, work.deepspeed.zero_stage)
+            if rank == 0:
+                torch.save({"inputs": probe, "logits": logits}, os.path.join(tmp, layout.PROBE_FILE))
+        if rank == 0:
+            meta = {**client, **work.checkpoint_meta(), "zero_stage": work.deepspeed.zero_stage}
+            meta.pop("history", None)
+            with open(os.path.join(tmp, layout.STATE_FILE), "w", encoding="utf-8") as f:
+                json.dump(meta, f, indent=2, ensure_ascii=False)
+            model.config.to_json_file(os.path.join(tmp, layout.HF_CONFIG_FILE))
+            for name, text in work.checkpoint_files().items():
+                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                    f.write(text)
+        ray.train.report(
+            {"step": step, **metrics},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=layout.dir_name(step),
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Progress:
+    """Rank 0's progress lines, ``metrics.jsonl`` and TensorBoard scalars; the loss is averaged
+    over every rank and every micro-batch since the last line."""
+
+    def __init__(self, work, rank: int, world: int, first_step: int):
+        self.work, self.rank, self.world = work, rank, world
+        self.first_step = first_step
+        self.t_start = self.t_last = time.monotonic()
+        self.losses: list[torch.Tensor] = []
+        self.tokens = 0
+        self.loss = float("nan")
+        self.writer = None
+        if rank == 0 and work.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(work.tensorboard_dir)
+
+    def add(self, loss: torch.Tensor, tokens: int) -> None:
+        self.losses.append(loss)
+        self.tokens += tokens
+
+    def line(self, step: int, lr: float) -> float:
+        """Collective (all ranks call): the mean loss since the last line, printed by rank 0."""
+        mean = torch.stack(self.losses).mean() if self.losses else torch.tensor(float("nan"))
+        if self.world > 1:
+            torch.distributed.all_reduce(mean)
+            mean /= self.world
+        self.loss = float(mean)
+        now = time.monotonic()
+        tokens_per_s = self.tokens * self.world / max(now - self.t_last, 1e-9)
+        total = self.work.total_steps
+        eta = (now - self.t_start) / max(step - self.first_step, 1) * (total - step)
+        if self.rank == 0:
+            print(
+                f"[{self.work.label}] step {step}/{total}  loss {self.loss:.4f}  lr {lr:.2e}  "
+                f"tokens/s {tokens_per_s:,.0f}  ETA {eta:.0f}s",
+                flush=True,
+            )
+            record = {"step": step, "loss": self.loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
+            if self.work.metrics_path:
+                with open(self.work.metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            if self.writer:
+                for key in ("loss", "lr", "tokens_per_s"):
+                    self.writer.add_scalar(f"train/{key}", record[key], step)
+        self.losses, self.tokens, self.t_last = [], 0, now
+        return self.loss
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()
+
+
+def train_loop(config: dict[str, Any]) -> Any:
+    """Ray Train worker function (one per worker): build, wrap in DeepSpeed, resume, stream, step,
+    evaluate and checkpoint as the work says, then return what the work's ``finish`` gives."""
+    import ray.train
+
+    work = config["work"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    print(
+        f"[{work.label}] rank {rank}/{world} pid {os.getpid()} on node "
+        f"{ray.get_runtime_context().get_node_id()[:12]}",
+        flush=True,
+    )
+    on_gpu = work.scaling.use_gpu and torch.cuda.is_available()
+    torch.manual_seed(work.seed)  # identical initial weights on every rank
+    work.setup(rank, world)
+    module, model = work.build()
+    if work.deepspeed.activation_checkpointing:
+        model.gradient_checkpointing_enable()
+    engine = make_engine(module, work.optim, work.deepspeed, world, on_gpu, max(1, work.total_steps))
+
+    step, state = 0, {}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as d:
+            _, state = engine.load_checkpoint(d, tag=layout.DS_TAG)
+        step = int(state["step"])
+        if rank == 0:
+            print(f"[{work.label}] resumed from step {step} ({checkpoint.path})", flush=True)
+    work.resume(state, resumed=checkpoint is not None)
+
+    accum = work.optim.grad_accum
+    total = work.total_steps
+    batches = work.batches(step * accum) if step < total else iter(())
+    progress = Progress(work, rank, world, step)
+    trace = os.path.join(work.trace_dir, f"rank{rank}.jsonl") if work.trace_dir else None
+    inputs: dict[str, torch.Tensor] = {}
+    saved_at = step if checkpoint else None
+    while step < total:
+        ids: list[int] = []
+        for micro in range(accum):
+            batch = next(batches)
+            gen = torch.Generator().manual_seed(hash((work.seed, step, micro, rank)) & 0x7FFFFFFF)
+            inputs = {k: v.to(engine.device) for k, v in work.inputs(batch, gen).items()}
+            loss = engine(**inputs)
+            engine.backward(loss)
+            engine.step()  # applies the optimizer at accumulation boundaries only
+            progress.add(loss.detach().float(), int(batch["attention_mask"].sum()))
+            if trace:
+                ids.extend(batch[work.id_key].tolist())
+        if trace:  # audit trail of which rows each process trained on at each step
+            with open(trace, "a") as f:
+                f.write(json.dumps({"step": step, "pid": os.getpid(), "ids": ids}) + "\n")
+        step += 1
+        due = work.checkpoint_due(step)
+        if due or step % work.log_every == 0 or step == total:
+            progress.line(step, engine.get_lr()[0])
+        if due:
+            metrics = {"loss": progress.loss, **work.report(step), **work.evaluate(engine, step, progress.loss)}
+            probe = None
+            if step == total:
+                probe = {k: inputs[k][:2].detach() for k in work.probe_keys if k in inputs}
+            save_checkpoint(engine, model, work, rank, step, work.state(), metrics, probe)
+            saved_at = step
+    progress.close()
+    if work.final_checkpoint and saved_at != total:  # nothing trained (zero-shot) but an export is wanted
+        save_checkpoint(engine, model, work, rank, total, work.state(), work.report(total))
+    return work.finish(engine, rank, world)
+
+
+def fit(work, *, name: str, storage_path: str, datasets: dict, dataset_config, checkpoint, callbacks=None):
+    """The run's ``TorchTrainer``: ``work.scaling`` workers, Ray Data ``datasets``, restarts and kept
+    checkpoints from the ``checkpoint`` section, Ray Train ``callbacks``; returns ``fit()``'s result."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    scaling = work.scaling
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"work": work},
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **scaling.resources_per_worker},
+            placement_strategy=scaling.placement_strategy,
+        ),
+        datasets=datasets,
+        dataset_config=dataset_config,
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=checkpoint.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=checkpoint.keep_last),
+            callbacks=callbacks,
+        ),
+    )
+    return trainer.fit()

@@ -1,1 +1,1 @@
-""""""
+"""Hyperparameter sweeps of fine-tuning runs with Ray Tune (``sweep``)."""

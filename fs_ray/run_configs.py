@@ -72,6 +72,12 @@ class ScalingSection(Section):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="How workers are placed on nodes; SPREAD puts one worker per node where it can."
     )
+    wait_warning_s: float = Field(
+        30.0,
+        gt=0,
+        description="Say so (what the run asks for, what is free, who holds the rest) when the workers "
+        "have waited this long for resources, and every 5 minutes after.",
+    )
 
 
 class TokenizerSection(Section):
@@ -96,7 +102,8 @@ class PrepareInput(Section):
     )
     format: Literal["auto", "text", "jsonl"] = Field(
         "auto",
-        description="text: one document per line; jsonl: one JSON object per line; auto: by extension.",
+        description="text: one document per line; jsonl: one JSON object per line; auto: by extension "
+        "(.txt/.text text, .jsonl/.json/.ndjson jsonl, each optionally .gz; any other is refused).",
     )
     text_field: str | list[str] = Field(
         "text",
@@ -110,6 +117,15 @@ class PrepareInput(Section):
         if not v:
             raise ValueError("at least one input path is required")
         return v
+
+    @model_validator(mode="after")
+    def _text_field_needs_json(self) -> PrepareInput:
+        if self.format == "text" and "text_field" in self.model_fields_set:
+            raise ValueError(
+                "text_field: format text reads each line as a document and ignores it; "
+                "use format: jsonl (or auto, by extension) for JSON records"
+            )
+        return self
 
 
 class CleanSection(Section):

@@ -182,3 +182,40 @@ def test_killed_worker_resumes_at_the_last_evaluated_epoch(ray_local, tmp_path):
     (record,) = result["records"]
     assert record["resumed_from_epoch"] in (2, 4, 6, 8, 10)
     assert [h["epoch"] for h in record["history"]] == [2, 4, 6, 8, 10, 12]
+
+
+def test_a_run_waiting_for_cpus_says_what_it_asked_for_and_starts_once_they_free(ray_local, tmp_path):
+    """Every CPU is held by another actor: past scaling.wait_warning_s the run says what it asked
+    for and what is free; once the holder goes, the same run starts and finishes."""
+    import threading
+    import time
+
+    import ray
+
+    @ray.remote(num_cpus=2)
+    class Squatter:
+        def ready(self) -> bool:
+            return True
+
+    squatter = Squatter.remote()
+    ray.get(squatter.ready.remote())
+    _write_tasks(tmp_path / "data", n_single=16)
+    cfg = _cfg(tmp_path, "task.names=[sep_single]", "methods=[head]", "optim.epochs=1",
+               "scaling.num_workers=1", "scaling.wait_warning_s=2")  # fmt: skip
+    lines: list[str] = []
+
+    def release_when_said() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("waiting for resources" in x for x in lines):
+            time.sleep(0.2)
+        ray.kill(squatter)
+
+    releaser = threading.Thread(target=release_when_said, daemon=True)
+    releaser.start()
+    result = run(cfg, log=lines.append)
+    releaser.join(timeout=5)
+    message = next(x for x in lines if "waiting for resources" in x)
+    assert "asks for 1 worker(s) x 1 CPU" in message and "0 of 2 CPU free" in message, message
+    assert "to free them" in message
+    (record,) = result["records"]
+    assert record["history"], "the run started once the CPUs were free"

@@ -92,19 +92,21 @@ def test_bad_runs_fail_before_any_worker_starts(corpora, tmp_path):
         plan(run_cfg(tmp_path, corpora["wwm"], f"model.from_pretrained={tmp_path / 'nope'}"))
 
 
+def _losses_by_step(run_dir) -> dict[int, float]:
+    return {
+        rec["step"]: rec["loss"]
+        for rec in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+    }
+
+
 def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_path):
     """2 workers, ZeRO-1; a worker process is SIGKILLed from outside once the step-4 checkpoint is
     registered; the group restarts from the latest registered checkpoint and finishes, every rank
     having trained on exactly its planned batches, in order."""
     trace = tmp_path / "trace"
     trace.mkdir()
-    cfg = run_cfg(
-        tmp_path,
-        corpora["wwm"],
-        "optim.max_steps=40",
-        "checkpoint.every_n_steps=4",
-        "checkpoint.max_failures=2",
-    )
+    killed_run = ["optim.max_steps=40", "checkpoint.every_n_steps=4", "checkpoint.max_failures=2"]
+    cfg = run_cfg(tmp_path, corpora["wwm"], *killed_run)
     run_dir = tmp_path / "runs" / cfg.run.name
     position = run_dir / "data_position.json"
 
@@ -131,6 +133,15 @@ def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_p
     losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0], f"whole-word MLM loss did not go down: {losses}"
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    # loss-exact resume: the same run undisturbed logs the same losses at every step (data position,
+    # masking seeds and every rank's RNG state, dropout included, come back with the checkpoint)
+    pretrain(run_cfg(tmp_path, corpora["wwm"], *killed_run, "run.name=undisturbed"))
+    undisturbed = _losses_by_step(tmp_path / "runs" / "undisturbed")
+    resumed = _losses_by_step(run_dir)  # a step logged twice keeps its redone value
+    assert sorted(resumed) == sorted(undisturbed) == list(range(4, 41, 4))
+    for step, loss in undisturbed.items():
+        assert resumed[step] == pytest.approx(loss, abs=1e-6), f"step {step}: {resumed[step]} vs {loss}"
 
     # every rank saw exactly its planned batches, the steps redone after the kill included
     corpus = PreparedCorpus.load(corpora["wwm"])

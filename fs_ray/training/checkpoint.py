@@ -10,6 +10,8 @@ A run folder holds one folder per checkpoint Ray Train registered::
         tokenizer.json         the tokenizer its data was encoded with
         fs_ray_task.json       fine-tuning: the task card, copied into the export
         export_probe.pt        last checkpoint: fixed inputs and the logits the workers computed
+        rng_state_rank<N>.pt   every rank's RNG states (torch CPU/CUDA, numpy, python): dropout
+                               after a resume draws what it would have drawn uninterrupted
     data_position.json         pretraining: the data position of the latest registered checkpoint
 
 An export (:mod:`fs_ray.training.export`) is a plain Hugging Face folder: ``config.json``,
@@ -33,6 +35,7 @@ TASK_FILE = "fs_ray_task.json"
 EXPORT_FILE = "fs_ray_export.json"
 POSITION_FILE = "data_position.json"
 PREFIX = "checkpoint_step"
+RNG_FILE = "rng_state_rank{rank}.pt"
 
 
 def dir_name(step: int) -> str:
@@ -64,3 +67,29 @@ def read_task_card(folder: str) -> dict[str, Any] | None:
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step draws from, in this process."""
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -53,6 +53,7 @@ def save_checkpoint(engine, model, work, rank: int, step: int, state: dict, metr
     try:
         client = {**state, "step": step}
         engine.save_checkpoint(tmp, tag=layout.DS_TAG, client_state=client)
+        torch.save(layout.rng_state(), os.path.join(tmp, layout.RNG_FILE.format(rank=rank)))
         if probe is not None:  # export recomputes these logits from the saved weights to verify itself
             logits = probe_logits(model, probe, work.deepspeed.zero_stage)
             if rank == 0:
@@ -154,6 +155,9 @@ def train_loop(config: dict[str, Any]) -> Any:
     if checkpoint:
         with checkpoint.as_directory() as d:
             _, state = engine.load_checkpoint(d, tag=layout.DS_TAG)
+            rng = os.path.join(d, layout.RNG_FILE.format(rank=rank))
+            if os.path.exists(rng):  # a different world size has no state for this rank: start fresh
+                layout.set_rng_state(torch.load(rng, weights_only=False))
         step = int(state["step"])
         if rank == 0:
             print(f"[{work.label}] resumed from step {step} ({checkpoint.path})", flush=True)
@@ -198,13 +202,19 @@ def train_loop(config: dict[str, Any]) -> Any:
     return work.finish(engine, rank, world)
 
 
-def fit(work, *, name: str, storage_path: str, datasets: dict, dataset_config, checkpoint, callbacks=None):
+def fit(
+    work, *, name: str, storage_path: str, datasets: dict, dataset_config, checkpoint, callbacks=None, log=print
+):
     """The run's ``TorchTrainer``: ``work.scaling`` workers, Ray Data ``datasets``, restarts and kept
-    checkpoints from the ``checkpoint`` section, Ray Train ``callbacks``; returns ``fit()``'s result."""
+    checkpoints from the ``checkpoint`` section, Ray Train ``callbacks``; returns ``fit()``'s result.
+    While the workers wait for resources past ``scaling.wait_warning_s``, ``log`` hears why."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from fs_ray.training.waiting import ResourceWait
+
     scaling = work.scaling
+    bundle = {"CPU": scaling.cpus_per_worker, **({"GPU": 1.0} if scaling.use_gpu else {}), **scaling.resources_per_worker}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"work": work},
@@ -224,4 +234,9 @@ def fit(work, *, name: str, storage_path: str, datasets: dict, dataset_config, c
             callbacks=callbacks,
         ),
     )
-    return trainer.fit()
+    waiting = ResourceWait(work.label, bundle, scaling.num_workers, after_s=scaling.wait_warning_s, log=log)
+    waiting.start()
+    try:
+        return trainer.fit()
+    finally:
+        waiting.stop()

@@ -253,6 +253,7 @@ def pretrain(cfg: PretrainConfig, log=print, trace_dir: str | None = None) -> di
         ),
         checkpoint=cfg.checkpoint,
         callbacks=[position_callback(out)],
+        log=log,
     )
     summary: dict[str, Any] = {"run_dir": out, "metrics": result.metrics, "checkpoint": None, "export": None}
     if result.checkpoint is not None:

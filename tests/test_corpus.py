@@ -12,13 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from fs_ray.assets import DEMO_CORPUS
-from fs_ray.config import load_config
+from fs_ray.config import ConfigError, load_config
 from fs_ray.data.corpus import (
     PrepareError,
     TooManyBadRecords,
     _chunk_lines,
+    bad_fraction_message,
     clean_text,
     expand_inputs,
+    keep_bad_examples,
     pack_documents,
     parse_line,
     plan_chunks,
@@ -88,6 +90,18 @@ def test_inputs_expand_dirs_and_globs_and_fail_on_no_match(tmp_path):
     ]
     with pytest.raises(PrepareError, match=r"input\.paths: .*nothing\*\.txt.* matches no file"):
         expand_inputs([str(tmp_path / "nothing*.txt")])
+
+
+def test_auto_format_refuses_an_unknown_extension_and_text_refuses_a_text_field(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "docs.csv").write_text("id,text\n1,你好\n")
+    with pytest.raises(PrepareError, match=r"docs\.csv has an extension input\.format auto does not know"):
+        expand_inputs([str(tmp_path / "b")])
+    got = expand_inputs([str(tmp_path / "b")], "text")  # said explicitly: read as lines
+    assert [f.format for f in got] == ["text"]
+    with pytest.raises(ConfigError, match=r"input.*text_field: format text reads each line"):
+        load_config(PrepareConfig, None, ["input.format=text", "input.text_field=content"])
+    assert load_config(PrepareConfig, None, []).input.format == "auto"
 
 
 def test_word_starts_follow_jieba():
@@ -255,6 +269,22 @@ def test_prepare_counts_bad_records_and_round_trips(ray_local, planted_corpus, t
     assert "[prepare]" in log and "MB/s" in log and "dropped" in log
 
 
+def test_one_junk_file_does_not_crowd_out_the_errors_of_another():
+    junk = [{"file": "a/junk.txt", "where": f"line {i + 1}", "reason": "binary", "order": (0, i)} for i in range(500)]
+    real = [{"file": "b/real.jsonl", "where": "line 7", "reason": "malformed_json", "order": (1, 6)}]
+    kept = keep_bad_examples(junk + real)
+    assert [b["where"] for b in kept if b["file"] == "a/junk.txt"] == ["line 1", "line 2", "line 3"]
+    assert real[0] in kept
+    msg = bad_fraction_message(
+        {"records": 1000, "binary": 500, "malformed_json": 1},
+        kept,
+        0.05,
+        {"a/junk.txt\tbinary": 500, "b/real.jsonl\tmalformed_json": 1},
+    )
+    assert "b/real.jsonl line 7: malformed_json" in msg
+    assert "... 497 more binary in a/junk.txt" in msg and "more malformed_json" not in msg
+
+
 def test_too_many_bad_records_stop_the_job_and_name_them(ray_local, tmp_path):
     src = tmp_path / "raw"
     src.mkdir()
@@ -268,6 +298,7 @@ def test_too_many_bad_records_stop_the_job_and_name_them(ray_local, tmp_path):
     msg = str(err.value)
     assert "8 of 40 records are malformed" in msg
     assert "bad.jsonl line 1: malformed_json" in msg and "bad.jsonl line 6: malformed_json" in msg
+    assert "... 5 more malformed_json in" in msg  # three named, the rest counted
     assert not (out / "manifest.json").exists()  # training refuses a half-made corpus
     # the same data passes with a looser threshold, and a second run refuses to overwrite
     with pytest.raises(PrepareError, match="already holds files"):

@@ -44,7 +44,8 @@ BAD_REASONS = ("invalid_utf8", "binary", "malformed_json", "missing_field", "bad
 CLEAN_REASONS = ("blank_line", "empty", "too_short", "duplicate")
 _BINARY_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls but tab/newlines
 MIN_RECORDS_BEFORE_ABORT = 1000  # judge the bad fraction early only once it means something
-FIRST_BAD_KEPT = 20
+EXAMPLES_PER_KIND = 3  # bad records named per (file, reason); the rest of them are counted
+FIRST_BAD_KEPT = 60  # named in all
 
 
 class TooManyBadRecords(RuntimeError):
@@ -66,14 +67,28 @@ class InputFile:
     compressed: bool
 
 
+TEXT_EXTENSIONS = (".txt", ".text")
+JSONL_EXTENSIONS = (".jsonl", ".json", ".ndjson")
+
+
 def detect_format(path: str, configured: str) -> tuple[str, bool]:
+    """(text | jsonl, gzip-compressed) of one input file. ``auto`` goes by the extension and
+    refuses one it does not know rather than read, say, a .csv or .parquet as lines of text."""
     name = path.lower()
     compressed = name.endswith(".gz")
     if compressed:
         name = name[: -len(".gz")]
     if configured != "auto":
         return configured, compressed
-    return ("jsonl" if name.endswith((".jsonl", ".json", ".ndjson")) else "text"), compressed
+    if name.endswith(JSONL_EXTENSIONS):
+        return "jsonl", compressed
+    if name.endswith(TEXT_EXTENSIONS):
+        return "text", compressed
+    known = ", ".join((*TEXT_EXTENSIONS, *JSONL_EXTENSIONS))
+    raise PrepareError(
+        f"input.paths: {path} has an extension input.format auto does not know ({known}, each optionally .gz); "
+        "rename it or set input.format: text or jsonl"
+    )
 
 
 def expand_inputs(paths: list[str], fmt: str = "auto") -> list[InputFile]:
@@ -217,13 +232,15 @@ def read_chunk(chunk: dict[str, Any], text_field: str | list[str]) -> tuple[list
         )
         return texts, counts, bad
     exact_lines = chunk["start"] == 0
+    named: Counter = Counter()
     for i, raw in enumerate(lines):
         where = f"line {i + 1}" if exact_lines else f"line {i + 1} of the chunk at byte {chunk['start']}"
         text, reason = parse_line(raw, chunk["format"], text_field)
         counts["records"] += 1
         if reason is not None:
             counts[reason] += 1
-            if reason in BAD_REASONS and len(bad) < FIRST_BAD_KEPT:
+            if reason in BAD_REASONS and named[reason] < EXAMPLES_PER_KIND:
+                named[reason] += 1
                 bad.append(
                     {"file": chunk["path"], "where": where, "reason": reason, "order": (chunk["chunk"], i)}
                 )
@@ -394,13 +411,15 @@ class PrepareStats:
         self.max_bad_fraction = max_bad_fraction
         self.counts: Counter = Counter()
         self.first_bad: list[dict] = []
+        self.bad_by_file: Counter = Counter()  # "file\treason" -> records
         self.aborted = False
 
-    def add(self, counts: dict[str, int], bad: list[dict] | None = None) -> bool:
+    def add(self, counts: dict[str, int], bad: list[dict] | None = None, by_file: dict | None = None) -> bool:
         """Add counts; returns True when the job must stop."""
         self.counts.update(counts)
+        self.bad_by_file.update(by_file or {})
         if bad:
-            self.first_bad = sorted(self.first_bad + bad, key=lambda b: b["order"])[:FIRST_BAD_KEPT]
+            self.first_bad = keep_bad_examples(self.first_bad + bad)
         if self.counts["records"] >= MIN_RECORDS_BEFORE_ABORT and self.bad_fraction() > self.max_bad_fraction:
             self.aborted = True
         return self.aborted
@@ -409,7 +428,28 @@ class PrepareStats:
         return sum(self.counts[r] for r in BAD_REASONS) / max(1, self.counts["records"])
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": dict(self.counts), "first_bad": self.first_bad, "aborted": self.aborted}
+        return {
+            "counts": dict(self.counts),
+            "first_bad": self.first_bad,
+            "bad_by_file": dict(self.bad_by_file),
+            "aborted": self.aborted,
+        }
+
+
+def _kind(example: dict) -> tuple[str, str]:
+    return example["file"], example["reason"].split(" ", 1)[0]
+
+
+def keep_bad_examples(examples: list[dict]) -> list[dict]:
+    """The earliest bad records, at most EXAMPLES_PER_KIND per (file, reason), FIRST_BAD_KEPT in
+    all: one junk file cannot crowd out the real errors of another."""
+    kept: list[dict] = []
+    per: Counter = Counter()
+    for b in sorted(examples, key=lambda b: b["order"]):
+        if per[_kind(b)] < EXAMPLES_PER_KIND and len(kept) < FIRST_BAD_KEPT:
+            per[_kind(b)] += 1
+            kept.append(b)
+    return kept
 
 
 class DedupShard:
@@ -426,18 +466,31 @@ class DedupShard:
         return keep
 
 
-def bad_fraction_message(counts: dict[str, int], first_bad: list[dict], limit: float) -> str:
+def bad_fraction_message(
+    counts: dict[str, int], first_bad: list[dict], limit: float, bad_by_file: dict[str, int] | None = None
+) -> str:
     bad = {r: counts.get(r, 0) for r in BAD_REASONS if counts.get(r, 0)}
     total = sum(bad.values())
     lines = [
         f"{total} of {counts.get('records', 0)} records are malformed "
         f"({total / max(1, counts.get('records', 0)):.1%} > max_bad_fraction {limit:.1%}): "
         + ", ".join(f"{k} {v}" for k, v in bad.items()),
-        "first bad records:",
+        "first bad records, by file and reason:",
     ]
-    lines += [f"  {b['file']} {b['where']}: {b['reason']}" for b in first_bad[:10]]
+    lines += bad_example_lines(first_bad, bad_by_file or {})
     lines.append("Fix or remove them, or raise max_bad_fraction (--set max_bad_fraction=0.2).")
     return "\n".join(lines)
+
+
+def bad_example_lines(first_bad: list[dict], bad_by_file: dict[str, int]) -> list[str]:
+    """``  file line N: reason`` per named record, then how many more of each kind there are."""
+    lines = [f"  {b['file']} {b['where']}: {b['reason']}" for b in first_bad]
+    shown = Counter(_kind(b) for b in first_bad)
+    for key, n in sorted(bad_by_file.items()):
+        file, reason = key.split("\t", 1)
+        if n > shown[(file, reason)]:
+            lines.append(f"  ... {n - shown[(file, reason)]} more {reason} in {file}")
+    return lines
 
 
 def _process_chunks(batch: dict[str, np.ndarray], cfg: PrepareConfig, stats, dedup) -> pa.Table:
@@ -470,10 +523,11 @@ def _process_chunks(batch: dict[str, np.ndarray], cfg: PrepareConfig, stats, ded
             counts["rows"] += table.num_rows
         counts["docs"] += len(kept)
         counts["chars"] += sum(len(t) for t in kept)
-        if ray.get(stats.add.remote(dict(counts), bad)):
+        by_file = {f"{chunk['path']}\t{r}": counts[r] for r in (*BAD_REASONS, "unreadable_file") if counts[r]}
+        if ray.get(stats.add.remote(dict(counts), bad, by_file)):
             snap = ray.get(stats.snapshot.remote())
             raise TooManyBadRecords(
-                bad_fraction_message(snap["counts"], snap["first_bad"], cfg.max_bad_fraction)
+                bad_fraction_message(snap["counts"], snap["first_bad"], cfg.max_bad_fraction, snap["bad_by_file"])
             )
     if not tables:
         return packed_table(
@@ -597,14 +651,18 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
     counts = snap["counts"]
     if errors:
         if snap["aborted"]:
-            raise TooManyBadRecords(bad_fraction_message(counts, snap["first_bad"], cfg.max_bad_fraction))
+            raise TooManyBadRecords(
+                bad_fraction_message(counts, snap["first_bad"], cfg.max_bad_fraction, snap["bad_by_file"])
+            )
         raise errors[0]
     bad_total = sum(counts.get(r, 0) for r in BAD_REASONS)
     if bad_total / max(1, counts.get("records", 0)) > cfg.max_bad_fraction:
-        raise TooManyBadRecords(bad_fraction_message(counts, snap["first_bad"], cfg.max_bad_fraction))
+        raise TooManyBadRecords(
+            bad_fraction_message(counts, snap["first_bad"], cfg.max_bad_fraction, snap["bad_by_file"])
+        )
 
     manifest = build_manifest(
-        cfg, out, shards_dir, tok, ids, dtype, counts, snap["first_bad"], files, elapsed
+        cfg, out, shards_dir, tok, ids, dtype, counts, snap["first_bad"], files, elapsed, snap["bad_by_file"]
     )
     storage.write_text(storage.join(out, TOKENIZER_FILE), tok.to_str())
 
@@ -614,7 +672,7 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
 
 
 def build_manifest(
-    cfg, out, shards_dir, tok, ids, dtype, counts, first_bad, files, elapsed
+    cfg, out, shards_dir, tok, ids, dtype, counts, first_bad, files, elapsed, bad_by_file=None
 ) -> dict[str, Any]:
     fs, _ = storage.resolve(shards_dir)
     # Ray names files <dataset>_<task:06>-<n>.parquet; sort numbers as numbers to keep data order
@@ -680,6 +738,10 @@ def build_manifest(
         "bad": bad,
         "bad_fraction": sum(bad.values()) / max(1, counts.get("records", 0)),
         "first_bad": [{k: v for k, v in b.items() if k != "order"} for b in first_bad],
+        "bad_by_file": [
+            {"file": k.split("\t", 1)[0], "reason": k.split("\t", 1)[1], "records": n}
+            for k, n in sorted((bad_by_file or {}).items())
+        ],
         "elapsed_s": round(elapsed, 2),
         "mb_per_s": round(counts.get("bytes", 0) / 1e6 / max(elapsed, 1e-9), 3),
     }
@@ -701,6 +763,6 @@ def summary(manifest: dict[str, Any]) -> str:
         lines.append("dropped by reason: " + ", ".join(f"{k} {v:,}" for k, v in drops.items()))
     else:
         lines.append("dropped by reason: none")
-    for b in manifest["first_bad"][:5]:
-        lines.append(f"  bad: {b['file']} {b['where']}: {b['reason']}")
+    by_file = {f"{b['file']}\t{b['reason']}": b["records"] for b in manifest.get("bad_by_file", [])}
+    lines += bad_example_lines(manifest["first_bad"], by_file)
     return "\n".join(lines)

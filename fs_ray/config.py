@@ -207,6 +207,8 @@ def write_resolved(cfg: BaseModel, directory: str) -> str:
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # PositiveInt and friends: the type, not its constraints
+        return _type_name(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return "{" + ",".join(str(a) for a in typing.get_args(annotation)) + "}"
     if origin in (typing.Union, types.UnionType):

@@ -365,6 +365,8 @@ def test_discovery_finds_fine_tuning_exports_in_a_run_directory(tmp_path):
     classifier_folder(run / "eprstmt" / "head" / "split_0" / "export", ["Negative", "Positive"], task="eprstmt")
     tagger_folder(run / "msra_ner" / "head" / "split_all" / "export", NER_LABELS)
     mlm_folder(run / "pretrained")  # not a task model: left out
+    # a checkpoint is not a model, even one holding a complete Hugging Face folder
+    classifier_folder(run / "train" / "run-eprstmt-head-0" / "checkpoint_step00000016" / "hf", ["N", "P"])
     found = discover_task_models(str(run))
     assert set(found) == {"eprstmt-head-split_0", "msra_ner-head-split_all"}
     assert found["eprstmt-head-split_0"]["labels"] == ["Negative", "Positive"]

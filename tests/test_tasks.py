@@ -23,7 +23,14 @@ from fs_ray.data.encoding import (
 from fs_ray.data.tasks import BUILTIN_TASKS, TaskDataError, TaskSpec, load_split, read_file, task_spec
 from fs_ray.data.tokenization import load_tokenizer
 from fs_ray.run_configs import FinetuneConfig
-from fs_ray.training.finetune import FinetuneError, plan, results_markdown, summarize, write_submission
+from fs_ray.training.finetune import (
+    FinetuneError,
+    plan,
+    results_markdown,
+    summarize,
+    write_results,
+    write_submission,
+)
 
 DATA = Path(__file__).parent / "data"
 
@@ -303,6 +310,20 @@ def test_five_split_summary_is_mean_and_sample_std():
     assert row["mean"] == pytest.approx(statistics.fmean(values))
     assert row["std"] == pytest.approx(statistics.stdev(values))
     assert row["splits"] == 5 and row["few_all"] == 0.9 and row["seconds"] == 7.0
+
+
+def test_a_task_without_splits_gets_no_blank_spread_column_and_csv_carries_test_scores(tmp_path):
+    import csv
+
+    record = {
+        "task": "chnsenticorp", "method": "head", "split": "full", "metric": "accuracy", "value": 0.88,
+        "seconds": 3.0, "train_examples": 10, "dev_examples": 5, "test_metrics": {"accuracy": 0.87},
+    }  # fmt: skip
+    table = results_markdown(summarize([record]), [record]).splitlines()
+    assert "mean ± std" not in table[0] and table[2].startswith("| chnsenticorp | head | accuracy | 88.0 |")
+    write_results(str(tmp_path), [record])
+    (row,) = csv.DictReader((tmp_path / "results.csv").open(encoding="utf-8"))
+    assert float(row["value"]) == 0.88 and float(row["test_value"]) == 0.87
 
 
 def test_submission_lines_follow_fewclue(tmp_path):

@@ -39,6 +39,7 @@ from ray.serve.handle import DeploymentHandle
 
 from fs_ray.run_configs import ServeBatching, ServeConfig
 from fs_ray.serving.inference import MASK, read_config
+from fs_ray.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from fs_ray.training.checkpoint import read_task_card
 
 GRPC_SERVICER = "fs_ray.protos.fs_ray_serve_pb2_grpc.add_FsRayServicer_to_server"
@@ -76,7 +77,8 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
         found[os.path.basename(path)] = path
     else:
         for root, dirs, files in os.walk(path):
-            dirs.sort()
+            # only exports are models: a checkpoint (Ray Train's run folders) never is
+            dirs[:] = sorted(d for d in dirs if not d.startswith(CHECKPOINT_PREFIX))
             if root[len(path) :].count(os.sep) > 5:
                 dirs[:] = []
                 continue

@@ -404,6 +404,7 @@ def run_neural(
         dataset_config=DataConfig(datasets_to_split=["train"]),
         checkpoint=cfg.checkpoint,
         callbacks=callbacks,
+        log=log,
     )
     out = result.return_value
     dev_pred, dev_scores = m.decode(
@@ -500,7 +501,12 @@ def run_split(
     )
     storage.write_text(
         storage.join(out_dir, "test_predictions.jsonl"),
-        _jsonl([{"id": ex.id, "pred": p} for ex, p in zip(tests, test_pred, strict=True)]),
+        _jsonl(
+            [
+                {"id": ex.id, **({"gold": g} if split.spec.test_labelled else {}), "pred": p}
+                for ex, g, p in zip(tests, gold_of(split, tests), test_pred, strict=True)
+            ]
+        ),
     )
     storage.write_text(metrics_path, json.dumps(record, ensure_ascii=False, indent=2))
     log(
@@ -548,17 +554,21 @@ def results_markdown(summary: list[dict], records: list[dict]) -> str:
     extra = sorted(
         {k for s in summary for k in s} - {"task", "method", "metric", "splits", "mean", "std", "seconds"}
     )
+    spreads = any(s["mean"] is not None for s in summary)  # no column of blanks for tasks without splits
     lines = [
-        "| task | method | metric | mean ± std over splits 0-4 | "
+        "| task | method | metric | "
+        + ("mean ± std over splits 0-4 | " if spreads else "")
         + "".join(f"{k} | " for k in extra)
         + "compute (s) |",
-        "|---|---|---|---:|" + "---:|" * len(extra) + "---:|",
+        "|---|---|---|" + ("---:|" if spreads else "") + "---:|" * len(extra) + "---:|",
     ]
     for s in summary:
         spread = f"{pct(s['mean'])} ± {pct(s['std'])} (n={s['splits']})" if s["mean"] is not None else ""
         cells = "".join(f"{pct(s.get(k))} | " for k in extra)
         lines.append(
-            f"| {s['task']} | {s['method']} | {s['metric']} | {spread} | {cells}{s['seconds']:.0f} |"
+            f"| {s['task']} | {s['method']} | {s['metric']} | "
+            + (f"{spread} | " if spreads else "")
+            + f"{cells}{s['seconds']:.0f} |"
         )
     tasks = {s["task"] for s in summary}
     methods = sorted({s["method"] for s in summary})
@@ -595,9 +605,10 @@ def write_results(run_dir: str, records: list[dict]) -> list[dict]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(
-        ["task", "method", "split", "metric", "value", "train_examples", "dev_examples", "seconds"]
+        ["task", "method", "split", "metric", "value", "test_value", "train_examples", "dev_examples", "seconds"]
     )
     for r in records:
+        test = (r.get("test_metrics") or {}).get(r["metric"])
         writer.writerow(
             [
                 r["task"],
@@ -605,6 +616,7 @@ def write_results(run_dir: str, records: list[dict]) -> list[dict]:
                 r["split"],
                 r["metric"],
                 f"{r['value']:.6f}",
+                "" if test is None else f"{test:.6f}",
                 r["train_examples"],
                 r["dev_examples"],
                 r["seconds"],

@@ -90,7 +90,15 @@ def run_cli(
         cfg = parse_config(model, argv, description)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_CONFIG
+        return _exit(EXIT_BAD_CONFIG)
     if cfg is None:
         return 0
-    return int(main(cfg) or 0)
+    return _exit(int(main(cfg) or 0))
+
+
+def _exit(code: int) -> int:
+    """A failed run ends with its exit status on a line of its own: ``ray job submit`` reports 1
+    for any failed driver, so the job log is where 2 (bad config or input) shows."""
+    if code:
+        print(f"[fs_ray] exit status {code}", file=sys.stderr, flush=True)
+    return code

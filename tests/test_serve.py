@@ -214,9 +214,12 @@ def test_bad_input_gets_the_right_4xx_and_the_replica_keeps_serving(server):
         r = post(server, route, body)
         assert r.status_code == status, (route, body, r.status_code, r.text)
         assert needle in r.json()["error"], (route, body, r.text)
-    r = requests.post(f"{server['url']}/v1/classify", data="{not json", timeout=30,
-                      headers={"Content-Type": "application/json"})
-    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+        assert set(r.json()) == {"error", "field"} and r.json()["field"], r.text  # one shape everywhere
+    for raw in ("{not json", b'{"text": "\xff\xfe"}'):  # malformed JSON, invalid UTF-8
+        r = requests.post(f"{server['url']}/v1/classify", data=raw, timeout=30,
+                          headers={"Content-Type": "application/json"})
+        assert r.status_code in (400, 422) and set(r.json()) == {"error", "field"}, r.text
+        assert r.json()["field"] == "body" and "malformed JSON" in r.json()["error"], r.text
     r = post(server, "/v1/classify", {"text": "好"}, headers={"serve_multiplexed_model_id": "missing"})
     assert r.status_code == 404
     # and every model deployment still answers

@@ -385,16 +385,19 @@ api = FastAPI(
 
 @api.exception_handler(RequestValidationError)
 async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = []
+    problems, fields = [], []
     status = 422
     for err in exc.errors():
-        if err.get("type") == "json_invalid":
+        if err.get("type") == "json_invalid":  # not JSON at all, or not UTF-8
             status = 400
-            problems.append(f"malformed JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
+            fields.append("body")
+            problems.append(f"body: malformed JSON: {err.get('ctx', {}).get('error', err.get('msg'))}")
             continue
-        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        problems.append(f"{where or 'body'}: {err.get('msg')}")
-    return JSONResponse(status_code=status, content={"error": "; ".join(problems), "field": None})
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        fields.append(where)
+        problems.append(f"{where}: {err.get('msg')}")
+    # the same shape as every other refusal (ServeError.body): the message, and the field it names
+    return JSONResponse(status_code=status, content={"error": "; ".join(problems), "field": fields[0] if fields else "body"})
 
 
 @api.exception_handler(ServeError)

@@ -359,3 +359,19 @@ def test_per_task_overrides_apply_to_that_task_only():
         load_config(FinetuneConfig, None, ["task.names=[tnews]", "per_task={tnews: [optim.epochs=-1]}"])
     with pytest.raises(ConfigError, match=r"per_task\.iflytek: not among task\.names"):
         load_config(FinetuneConfig, None, ["per_task={iflytek: [optim.epochs=3]}"])
+
+
+def test_zero_shot_evaluation_needs_no_training_file(tmp_path):
+    from tests.task_data import SPECS, _write_tasks
+
+    _write_tasks(tmp_path)
+    (tmp_path / "sep_single/train_0.json").unlink()
+    common = [*SPECS, f"task.data_root={tmp_path}", "task.names=[sep_single]", "task.splits=[0]"]
+    p = plan(load_config(FinetuneConfig, None, [*common, "methods=[unimc_zero]"]))
+    split = p["splits"]["sep_single"]["0"]
+    assert split.train == [] and split.labels == ["neg", "pos"] and len(split.dev) == 32
+    # evaluating an export (epochs 0) reads none either; training, or the TF-IDF floor, does
+    plan(load_config(FinetuneConfig, None, [*common, "methods=[head]", "optim.epochs=0"]))
+    for methods in ("[head]", "[tfidf]"):
+        with pytest.raises(FinetuneError, match=r"train_0\.json"):
+            plan(load_config(FinetuneConfig, None, [*common, f"methods={methods}"]))

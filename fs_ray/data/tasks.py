@@ -396,12 +396,20 @@ def task_dir(spec: TaskSpec, root: str) -> str:
 
 
 def load_split(
-    name: str, spec: TaskSpec, root: str, split: str, max_bad_fraction: float = 0.0, with_test: bool = True
+    name: str,
+    spec: TaskSpec,
+    root: str,
+    split: str,
+    max_bad_fraction: float = 0.0,
+    with_test: bool = True,
+    need_train: bool = True,
 ) -> TaskSplit:
     """Read train/dev(/test) of one split and settle the label set.
 
     The label set is the spec's (or its label file's); otherwise the training file's, and then a
     dev label the training file never had is an error naming the dev file, line and field.
+    ``need_train=False`` (zero-shot, evaluation only): a missing training file is no error, and
+    without one the labels come from the dev file.
     """
     folder = task_dir(spec, root)
     fixed = spec.labels
@@ -412,6 +420,9 @@ def load_split(
         fixed = None
     train_path = storage.join(folder, spec.train_file.format(split=split))
     dev_path = storage.join(folder, spec.dev_file.format(split=split))
+    if not need_train and not storage.exists(train_path):
+        # the dev file stands in for the training file's labels (and choice count); nothing trains on it
+        train_path = dev_path
     train, r_train = read_file(spec, train_path, True, fixed, max_bad_fraction)
     labels = fixed
     if labels is None and spec.shape in ("single", "pair", "coref"):
@@ -420,6 +431,8 @@ def load_split(
         labels = [str(i) for i in range(max(len(ex.candidates or []) for ex in train))]
     if not train:
         raise TaskDataError(f"{train_path}: no usable training records")
+    if train_path == dev_path:
+        train, r_train.path = [], f"{r_train.path} (labels only: no training file)"
     dev, r_dev = read_file(spec, dev_path, True, labels if spec.shape != "choice" else None, max_bad_fraction)
     test: list[Example] = []
     reports = [r_train, r_dev]

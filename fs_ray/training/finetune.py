@@ -100,9 +100,15 @@ def plan(cfg: FinetuneConfig) -> dict[str, Any]:
     for name, spec in specs.items():
         splits[name] = {}
         tcfg = cfg.for_task(name)
+        # zero-shot and evaluation-only runs read no training file (labels come from dev)
+        need_train = any(
+            METHODS[m].trains and (tcfg.optim.epochs > 0 or not METHODS[m].neural) for m in tcfg.methods
+        )
         for split in splits_of(tcfg, spec):
             try:
-                splits[name][split] = load_split(name, spec, tcfg.task.data_root, split, tcfg.task.max_bad_fraction)
+                splits[name][split] = load_split(
+                    name, spec, tcfg.task.data_root, split, tcfg.task.max_bad_fraction, need_train=need_train
+                )
             except (TaskDataError, OSError) as err:
                 raise FinetuneError(f"task {name}, split {split}: {err}") from None
     if any(METHODS[m].neural for m in cfg.methods):

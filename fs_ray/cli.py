@@ -14,6 +14,7 @@ i.e. before any Ray resource is requested.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -86,6 +87,7 @@ def run_cli(
     description: str | None = None,
     argv: Sequence[str] | None = None,
 ) -> int:
+    _plain_output_when_logged()
     try:
         cfg = parse_config(model, argv, description)
     except ConfigError as err:
@@ -94,6 +96,20 @@ def run_cli(
     if cfg is None:
         return 0
     return _exit(int(main(cfg) or 0))
+
+
+def _plain_output_when_logged() -> None:
+    """A job's log (``ray job submit``, CI, a file) gets no progress bars and no colour escapes;
+    a terminal keeps both."""
+    if sys.stdout.isatty():
+        return
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # worker-log prefixes without ANSI colours
+    try:
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+    except ImportError:
+        pass
 
 
 def _exit(code: int) -> int:

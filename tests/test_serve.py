@@ -314,7 +314,19 @@ def test_web_page_in_headless_chromium(server, direct, folders, tmp_path):
         page.click("#go")
         page.wait_for_function("document.getElementById('result').dataset.model === 'topic'", timeout=30_000)
         classified = page.inner_text("#result")
+        offered = page.eval_on_selector_all("#mode option:not([disabled])", "os => os.map(o => o.value)")
+
+        # a server with only a classifier: the page offers classification alone, and selects it
+        only = browser.new_page()
+        only.route("**/v1/models", lambda route: route.fulfill(json={"models": [
+            {"id": "senti", "kind": "classifier", "task": "eprstmt", "labels": ["neg", "pos"]}]}))
+        only.goto(server["url"] + "/")
+        only.wait_for_function("document.querySelector('#mode option[value=generate]').disabled")
+        offered_alone = only.eval_on_selector_all("#mode option:not([disabled])", "os => os.map(o => o.value)")
+        selected_alone = only.eval_on_selector("#mode", "s => s.value")
         browser.close()
+    assert offered == ["fill-mask", "classify", "zero-shot", "ner", "generate"]  # this server serves all
+    assert offered_alone == ["classify"] and selected_alone == "classify"
     top = direct["mlm"].fill_mask(["今天天气很[MASK]。"], 5)[0][0][0][0]
     assert top in shown
     assert classified.startswith("label: " + TaskModel(str(folders["topic"])).classify(["球队昨晚赢了比赛"])[0][0])

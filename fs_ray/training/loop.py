@@ -138,8 +138,8 @@ def train_loop(config: dict[str, Any]) -> Any:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     print(
-        f"[{work.label}] rank {rank}/{world} pid {os.getpid()} on node "
-        f"{ray.get_runtime_context().get_node_id()[:12]}",
+        f"[{work.label}] rank {rank}/{world} on node {ray.get_runtime_context().get_node_id()[:12]} "
+        f"(pid {os.getpid()})",
         flush=True,
     )
     on_gpu = work.scaling.use_gpu and torch.cuda.is_available()

@@ -5,7 +5,7 @@
 #   3. ray job submit          prepare the shipped corpus, then pretrain + export a tiny Erlangshen
 #   4. fill a [MASK] with the exported Hugging Face folder
 #   5. ray job submit          fine-tune it on FewCLUE eprstmt (shipped): task head vs. the TF-IDF
-#                              floor on split 0 and few_all, results table + submission file
+#                              floor on few_all (160 examples), results table + submission file
 #   6. ray job submit          serve both models with Ray Serve (serve/deploy.py) and query them
 # The cluster stays up afterwards (dashboard: http://127.0.0.1:8266); `cluster/local.sh down`
 # stops it. Outputs land in ./runs/quickstart/.
@@ -40,8 +40,7 @@ export_dir="$out/erlangshen-tiny-$stamp/export"
 # 4. fine-tune and evaluate on FewCLUE eprstmt (shipped with fs_ray): results table + submission
 submit "fs_ray-finetune-$stamp" python jobs/finetune.py --config jobs/configs/finetune_eprstmt_tiny.yaml \
   --set "model.from_pretrained=$export_dir" --set "run.storage_path=$out" --set "run.name=eprstmt-$stamp" \
-  --set "task.splits=[0,few_all]" --set "methods=[head,tfidf]"
-cat "$out/eprstmt-$stamp/results.md"
+  --set "task.splits=[few_all]" --set "methods=[head,tfidf]"
 
 # 5. serve both models with Ray Serve (HTTP + gRPC) and query them
 http_port="${FS_RAY_SERVE_PORT:-8000}"
@@ -57,6 +56,7 @@ query /v1/fill-mask '{"text": "今天天气很[MASK]。", "top_k": 3}'
 query /v1/classify '{"text": "这家酒店的服务很好，房间也干净。"}'
 query /v1/zero-shot '{"text": "这家酒店的服务很好，房间也干净。", "labels": ["正面", "负面"]}'
 
+.venv/bin/python cluster/quickstart_summary.py "$out/erlangshen-tiny-$stamp" "$out/eprstmt-$stamp"
 cat <<MSG
 
 == done

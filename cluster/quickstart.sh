@@ -21,7 +21,8 @@ out="$here/runs/quickstart"
 submit() {  # submit one job, tail its logs, fail the script if it fails
   local id="$1"; shift
   echo "== submitting $id to $RAY_ADDRESS"
-  .venv/bin/ray job submit --submission-id "$id" --working-dir . -- "$@"
+  local color=(); [ -t 1 ] || color=(--log-color false)  # a log file gets no colour escapes
+  .venv/bin/ray job submit "${color[@]}" --submission-id "$id" --working-dir . -- "$@"
 }
 stamp="$(date +%Y%m%d-%H%M%S)"
 

@@ -36,6 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fs_ray.run_configs import ServeBatching, ServeConfig
 from fs_ray.serving.inference import MASK, read_config
@@ -398,6 +399,17 @@ async def _validation_error(_request: Request, exc: RequestValidationError) -> J
         problems.append(f"{where}: {err.get('msg')}")
     # the same shape as every other refusal (ServeError.body): the message, and the field it names
     return JSONResponse(status_code=status, content={"error": "; ".join(problems), "field": fields[0] if fields else "body"})
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own refusals (a body it cannot parse, e.g. invalid UTF-8; an unknown route) in
+    the same {error, field} shape as every other."""
+    if exc.status_code == 400:
+        body = {"error": f"body: malformed JSON: {exc.detail}", "field": "body"}
+    else:
+        body = {"error": str(exc.detail), "field": "path" if exc.status_code in (404, 405) else "body"}
+    return JSONResponse(status_code=exc.status_code, content=body, headers=getattr(exc, "headers", None))
 
 
 @api.exception_handler(ServeError)

@@ -87,7 +87,6 @@ def run_cli(
     description: str | None = None,
     argv: Sequence[str] | None = None,
 ) -> int:
-    _plain_output_when_logged()
     try:
         cfg = parse_config(model, argv, description)
     except ConfigError as err:
@@ -95,6 +94,7 @@ def run_cli(
         return _exit(EXIT_BAD_CONFIG)
     if cfg is None:
         return 0
+    _plain_output_when_logged()  # only for a run: --help and --print-config need no Ray import
     return _exit(int(main(cfg) or 0))
 
 

@@ -208,9 +208,20 @@ class ModelSection(Section):
         "tiny", description="Named size preset of the family (see family); ignored with from_pretrained."
     )
     objective: str | None = Field(
-        None, description="Pretraining objective; default: the family's own (erlangshen mlm, wenzhong clm, ...)."
+        None,
+        description="Pretraining objective; default: the family's own (erlangshen mlm, wenzhong clm, ...).",
     )
-    from_pretrained: str | None = Field(None, description="Local Hugging Face folder to continue from.")
+    from_pretrained: str | None = Field(
+        None,
+        description="Released or exported model to start from: a local Hugging Face folder, an object-store "
+        "URI (copied to each node once) or a hub id such as IDEA-CCNL/Erlangshen-Roberta-110M (where the hub "
+        "is reachable). Its family, architecture, special ids and tokenizer come from its own files.",
+    )
+    reinit_head: bool = Field(
+        False,
+        description="Fine-tuning a released classifier on a task whose labels its head does not have: "
+        "start a new head on its encoder (default: refuse, naming both label sets).",
+    )
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Hugging Face config fields to override."
     )
@@ -402,6 +413,7 @@ class FinetuneConfig(Section):
         for name in v:
             get_method(name)
         return v
+
     optim: FinetuneOptim = Field(default_factory=FinetuneOptim, description="Optimizer and schedule.")
     deepspeed: DeepSpeedSection = Field(
         default_factory=DeepSpeedSection, description="DeepSpeed engine options."

@@ -5,7 +5,9 @@
         --set methods=[unimc_zero] --set task.names=[eprstmt,tnews] --set task.data_root=../shared/data
 
 A folder written by jobs/finetune.py carries fs_ray_task.json: its task, labels, method, max_len and
-truncation become the defaults (any --set still wins). A plain pretrained MLM folder is evaluated
+truncation become the defaults (any --set still wins). A released classifier without one (e.g.
+Erlangshen-Roberta-110M-Similarity) is scored with its own head on the task.names you give, encoded
+as that task's config says (pairs for afqmc/ocnli); a plain pretrained MLM folder is evaluated
 zero-shot with UniMC (methods=[unimc_zero]). Output, as for jobs/finetune.py: metrics, dev/test
 predictions, FewCLUE submission files and results.md under <run.storage_path>/<run.name>.
 Exit status 2: bad config, model folder or task data.
@@ -43,7 +45,15 @@ def card_defaults(argv: list[str]) -> list[str]:
             f"task.truncation={card['truncation']}",
         ]
     elif folder:
-        defaults.append("methods=[unimc_zero]")
+        # a released classifier (no card) is scored with its own head; the task config (task.names)
+        # says how inputs are encoded (single, pair, ...); a plain MLM is scored zero-shot
+        from fs_ray.pretrained import ModelFolder, PretrainedError
+
+        try:
+            kind = ModelFolder.open(folder).kind
+        except (PretrainedError, OSError, ValueError):
+            kind = "mlm"  # the run's plan reports what is wrong with the folder
+        defaults.append("methods=[head]" if kind in ("classifier", "tagger") else "methods=[unimc_zero]")
     return defaults
 
 

@@ -22,7 +22,7 @@ def demo_batches(tokenizer: str, rows: int = 8, seq_len: int = 64, docs: int = 4
     data = {k: table[k].to_numpy(zero_copy_only=False) for k in table.column_names}
     data["sample_id"] = np.arange(len(table))
     tok = load_tokenizer(tokenizer)
-    special = special_ids(tok).as_dict()
+    special = special_ids(tok, tokenizer).as_dict()
     batches = [
         collate({k: v[i : i + 4] for k, v in data.items()}, seq_len=seq_len, pad_id=special["pad"] or 0)
         for i in range(0, len(table), 4)

@@ -37,7 +37,7 @@ from fs_ray import storage
 from fs_ray.assets import resolve_path
 from fs_ray.config import write_resolved
 from fs_ray.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, ROW_GROUP_ROWS, SHARDS_SUBDIR, TOKENIZER_FILE
-from fs_ray.data.tokenization import SpecialIds, WordSegmenter, load_tokenizer, special_ids
+from fs_ray.data.tokenization import SpecialIds, WordSegmenter, load_tokenizer, special_ids, vocab_fingerprint
 from fs_ray.run_configs import CleanSection, PackSection, PrepareConfig
 
 BAD_REASONS = ("invalid_utf8", "binary", "malformed_json", "missing_field", "bad_field_type")
@@ -385,7 +385,7 @@ def packed_table(packed: Packed, dtype: np.dtype) -> pa.Table:
 @functools.lru_cache(maxsize=4)
 def _tokenizer(source: str, lowercase: bool):
     tok = load_tokenizer(source, lowercase)
-    return tok, special_ids(tok), id_dtype(tok.get_vocab_size(with_added_tokens=True))
+    return tok, special_ids(tok, source), id_dtype(tok.get_vocab_size(with_added_tokens=True))
 
 
 def tokenize_and_pack(texts: list[str], cfg: PrepareConfig) -> tuple[pa.Table, int]:
@@ -527,7 +527,9 @@ def _process_chunks(batch: dict[str, np.ndarray], cfg: PrepareConfig, stats, ded
         if ray.get(stats.add.remote(dict(counts), bad, by_file)):
             snap = ray.get(stats.snapshot.remote())
             raise TooManyBadRecords(
-                bad_fraction_message(snap["counts"], snap["first_bad"], cfg.max_bad_fraction, snap["bad_by_file"])
+                bad_fraction_message(
+                    snap["counts"], snap["first_bad"], cfg.max_bad_fraction, snap["bad_by_file"]
+                )
             )
     if not tables:
         return packed_table(
@@ -713,6 +715,7 @@ def build_manifest(
             "source": cfg.tokenizer.source,
             "file": TOKENIZER_FILE,
             "vocab_size": vocab,
+            "fingerprint": vocab_fingerprint(tok),
             "lowercase": cfg.tokenizer.lowercase,
             "special_ids": ids.as_dict(),
         },

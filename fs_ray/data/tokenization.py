@@ -49,6 +49,7 @@ class SpecialIds:
             "eos": self.eos,
             "num_sentinels": len(self.sentinels),
             "first_sentinel": self.sentinels[0] if self.sentinels else None,
+            "sentinels": list(self.sentinels),  # in span order; ascending or not, per convention
         }
 
 
@@ -88,7 +89,41 @@ def load_tokenizer(source: str, lowercase: bool = True) -> Tokenizer:
     )
 
 
-def special_ids(tok: Tokenizer) -> SpecialIds:
+def sentinel_list(special: dict) -> tuple[int, ...]:
+    """The sentinel ids recorded in a manifest / task card (older ones: first + count, ascending)."""
+    if special.get("sentinels") is not None:
+        return tuple(int(i) for i in special["sentinels"])
+    first, count = special.get("first_sentinel"), int(special.get("num_sentinels") or 0)
+    return tuple(range(first, first + count)) if count and first is not None else ()
+
+
+def vocab_fingerprint(tok: Tokenizer) -> str:
+    """A hash of the vocabulary's contents (every token and its id, added tokens included): two
+    tokenizers with the same fingerprint give the same ids the same meaning, whatever they are called."""
+    import hashlib
+    import json
+
+    vocab = sorted(tok.get_vocab(with_added_tokens=True).items(), key=lambda kv: (kv[1], kv[0]))
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+
+
+def released_sentinels(source: str | None, tok: Tokenizer) -> tuple[int, ...]:
+    """Sentinels a released layout defines without literal tokens (a family's rule, e.g. Randeng-T5's)."""
+    if not source or not Path(resolve_path(source)).is_dir():
+        return ()
+    from fs_ray.families import FAMILIES
+
+    for family in FAMILIES.values():
+        found = family.sentinels(str(resolve_path(source)), tok) if family.sentinels else ()
+        if found:
+            return tuple(found)
+    return ()
+
+
+def special_ids(tok: Tokenizer, source: str | None = None) -> SpecialIds:
+    """The ids the packer and objectives need. Sentinels: literal ``<extra_id_N>`` tokens, else the
+    convention of the released layout in ``source`` (a tokenizer/model folder), else none."""
+
     def first(*names: str) -> int | None:
         for name in names:
             idx = tok.token_to_id(name)
@@ -105,7 +140,7 @@ def special_ids(tok: Tokenizer) -> SpecialIds:
         sep=first("[SEP]"),
         mask=first("[MASK]", "<mask>"),
         eos=first("</s>", "<|endoftext|>", "<eos>"),
-        sentinels=tuple(i for _, i in sentinels),
+        sentinels=tuple(i for _, i in sentinels) or released_sentinels(source, tok),
     )
 
 

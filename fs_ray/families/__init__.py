@@ -17,7 +17,15 @@ FAMILIES: dict[str, Family] = {
 
 DEFAULT_FAMILY = "erlangshen"  # what a config that names no family trains
 
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "Preset", "build_model", "family_for_model_type", "get_family"]
+__all__ = [
+    "DEFAULT_FAMILY",
+    "FAMILIES",
+    "Family",
+    "Preset",
+    "build_model",
+    "family_for_model_type",
+    "get_family",
+]
 
 
 def get_family(name: str) -> Family:
@@ -39,22 +47,27 @@ def build_model(
     seq_len: int,
     special: dict,
     head_kwargs: dict | None = None,
-    grow_vocab: bool = False,
 ):
-    """The Hugging Face model a run trains: ``model_cfg.from_pretrained`` (a local folder) loaded with
-    ``auto_class``, or the family's preset built from its config. ``head_kwargs`` (labels of a task
-    head) go into the config; ``grow_vocab`` resizes a loaded model's embeddings to the corpus's."""
+    """The Hugging Face model a run trains: ``model_cfg.from_pretrained`` (a folder, URI or hub id,
+    see :mod:`fs_ray.pretrained`) loaded with ``auto_class``, or the family's preset built from its
+    config. ``head_kwargs`` (labels of a task head) go into the config; ``model_cfg.reinit_head``
+    lets a released head of another size be replaced. A loaded model's vocabulary is never resized:
+    the run's plan has checked that the corpus's tokenizer is the model's own."""
     import transformers
 
     auto = getattr(transformers, auto_class)
     head_kwargs = head_kwargs or {}
     if model_cfg.from_pretrained:
-        model = auto.from_pretrained(
-            model_cfg.from_pretrained, local_files_only=True, **head_kwargs, **model_cfg.overrides
+        from fs_ray.pretrained import resolve
+
+        extra = {"ignore_mismatched_sizes": True} if model_cfg.reinit_head else {}
+        return auto.from_pretrained(
+            resolve(model_cfg.from_pretrained),
+            local_files_only=True,
+            **head_kwargs,
+            **extra,
+            **model_cfg.overrides,
         )
-        if grow_vocab and model.get_input_embeddings().num_embeddings < vocab_size:
-            model.resize_token_embeddings(vocab_size)
-        return model
     family = get_family(model_cfg.family)
     config = family.config(model_cfg.preset, vocab_size, seq_len, special, model_cfg.overrides)
     for key, value in head_kwargs.items():

@@ -39,6 +39,9 @@ class Family:
     tokenizer: str = "bert-chinese"  # tokenizer.source its corpora are prepared with by default
     # applied to a model built from a config (a new run, or export rebuilding a checkpoint)
     after_build: Callable[[Any], Any] | None = None
+    # (tokenizer folder, tokenizers.Tokenizer) -> sentinel ids of a released layout whose vocabulary
+    # has no literal <extra_id_N> tokens (empty when the folder is not such a layout)
+    sentinels: Callable[[str, Any], tuple[int, ...]] | None = None
 
     @property
     def default_objective(self) -> str:
@@ -69,7 +72,9 @@ class Family:
         shape = {**self.presets[preset].shape, **(overrides or {})}
         shape["vocab_size"] = max(int(shape.get("vocab_size", 0)), vocab_size)
         if not shape["vocab_size"]:
-            raise ValueError(f"{self.name}/{preset}: no vocab_size (the preset has none and no corpus gave one)")
+            raise ValueError(
+                f"{self.name}/{preset}: no vocab_size (the preset has none and no corpus gave one)"
+            )
         return self.build_config(shape, seq_len, special or {})
 
 

@@ -38,6 +38,35 @@ def untie_lm_head(model):
     return model
 
 
+FENGSHEN_SENTINELS = 100  # span corruption needs far fewer (about 26 spans in 512 tokens)
+
+
+def fengshen_sentinels(folder: str, tokenizer) -> tuple[int, ...]:
+    """Sentinel ids of a released Randeng-T5 tokenizer: FengShen's convention.
+
+    Randeng-T5 ships ``spiece.model`` with ``"extra_ids": 0`` in ``tokenizer_config.json``: no
+    ``<extra_id_N>`` pieces; FengShen's span-corruption collator uses the last ids of the
+    vocabulary instead, the k-th span (from 0) getting ``len(tokenizer) - 1 - k``. A T5 folder with
+    literal sentinels never reaches this rule (they win); any other folder gets ().
+    """
+    import json
+    import os
+
+    path = os.path.join(folder, "tokenizer_config.json")
+    if not os.path.isfile(path):
+        return ()
+    with open(path, encoding="utf-8") as f:
+        tok_cfg = json.load(f)
+    t5_class = str(tok_cfg.get("tokenizer_class") or "").removesuffix("Fast") in (
+        "T5Tokenizer",
+        "MT5Tokenizer",
+    )
+    if not t5_class or tok_cfg.get("extra_ids") != 0:
+        return ()
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    return tuple(size - 1 - k for k in range(FENGSHEN_SENTINELS))
+
+
 def _t5(d_model: int, d_ff: int, layers: int, heads: int, d_kv: int = 64, **more: Any) -> dict[str, Any]:
     return {
         "d_model": d_model,
@@ -74,4 +103,5 @@ FAMILY = Family(
     operations=("generate",),
     model_types=("t5", "mt5"),
     tokenizer="bert-chinese-sentinels",
+    sentinels=fengshen_sentinels,
 )

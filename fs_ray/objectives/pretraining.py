@@ -50,7 +50,9 @@ class WholeWordMLM(Objective):
 
         from fs_ray.objectives import masking
 
-        never = tuple(i for i in (special.get("cls"), special.get("sep"), special.get("pad")) if i is not None)
+        never = tuple(
+            i for i in (special.get("cls"), special.get("sep"), special.get("pad")) if i is not None
+        )
         ids = masking.MaskingIds(
             mask=special["mask"],
             vocab_size=vocab_size,
@@ -83,15 +85,19 @@ class CausalLM(Objective):
 
 class SpanCorruption(Objective):
     name = "span"
-    summary = "T5 span corruption with <extra_id_N> sentinels (15% noise, mean span 3)"
+    summary = "T5 span corruption with sentinels (15% noise, mean span 3)"
     auto_class = "AutoModelForSeq2SeqLM"
     probe_keys = ("input_ids", "attention_mask", "labels")
 
     def check(self, special):
-        if not special.get("num_sentinels"):
+        from fs_ray.data.tokenization import sentinel_list
+
+        if not sentinel_list(special):
             return (
-                "span corruption needs <extra_id_N> sentinels in the vocabulary: prepare the corpus "
-                "with tokenizer.source=bert-chinese-sentinels"
+                "span corruption needs sentinels: literal <extra_id_N> tokens, or a released T5 "
+                "tokenizer folder with extra_ids 0 (FengShen's convention, the last ids of the vocabulary). "
+                "Prepare the corpus with tokenizer.source=<the model folder> to continue a released "
+                "model, or tokenizer.source=bert-chinese-sentinels for one trained from scratch"
             )
         if special.get("sep") is None and special.get("eos") is None:
             return "span corruption needs an end-of-text token ([SEP] or </s>) in the vocabulary"
@@ -101,12 +107,13 @@ class SpanCorruption(Objective):
         from fs_ray.objectives import masking
 
         eos = special["sep"] if special.get("sep") is not None else special["eos"]
-        first = special["first_sentinel"]
+        from fs_ray.data.tokenization import sentinel_list
+
         drop = (special["cls"],) if special.get("cls") is not None else ()
         return masking.span_corruption(
             batch["input_ids"],
             batch["attention_mask"],
-            tuple(range(first, first + special["num_sentinels"])),
+            sentinel_list(special),
             eos_id=eos,
             pad_id=special.get("pad") or 0,
             generator=gen,

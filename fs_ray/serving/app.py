@@ -100,7 +100,7 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
             "folder": folder,
             "kind": kind,
             "task": card.get("task", ""),
-            "shape": card.get("shape", "tagging" if kind == "tagger" else "single"),
+            "shape": card.get("shape", "tagging" if kind == "tagger" else "any"),  # released: no card
             "method": card.get("method", "head"),
             "labels": [str(x) for x in labels],
         }
@@ -245,14 +245,19 @@ def task_models_deployment(cfg: ServeConfig):
         async def classify(self, texts: list[list[str]], pairs: list[list[str] | None]) -> list[list[Any]]:
             # serve.batch splits batches by model id, so one batch is one model
             loaded = await self.get_model(serve.get_multiplexed_model_id())
-            flat, sizes = _flatten(texts)
-            self.batches[len(flat)] += 1
-            if pairs[0] is None:
-                result = await asyncio.to_thread(_chunked, loaded.model.classify, b.max_forward_texts, flat)
-            else:
-                flat_pairs = [p for call in pairs for p in call or []]
-                result = await asyncio.to_thread(_chunked, loaded.model.classify, b.max_forward_texts, flat, flat_pairs)
-            return _unflatten(result, sizes)
+            self.batches[sum(len(t) for t in texts)] += 1
+            out: list[Any] = [None] * len(texts)
+            # a released classifier (no task card) may get single texts and pairs in one batch
+            for with_pairs in (False, True):
+                calls = [i for i, p in enumerate(pairs) if (p is not None) == with_pairs]
+                if not calls:
+                    continue
+                flat, sizes = _flatten([texts[i] for i in calls])
+                args = (flat, [p for i in calls for p in pairs[i]]) if with_pairs else (flat,)
+                result = await asyncio.to_thread(_chunked, loaded.model.classify, b.max_forward_texts, *args)
+                for i, part in zip(calls, _unflatten(result, sizes), strict=True):
+                    out[i] = part
+            return out
 
         @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
         async def tag(self, texts: list[list[str]]) -> list[list[Any]]:
@@ -561,7 +566,7 @@ class Gateway:
                 raise ServeError(422, "text_pair", f"{len(pairs)} second sentences for {len(texts)} texts")
         if shape == "pair" and pairs is None:
             raise ServeError(422, "text_pair", f"{model_id} is a sentence-pair model: give text_pair")
-        if shape != "pair" and pairs is not None:
+        if shape == "single" and pairs is not None:
             raise ServeError(422, "text_pair", f"{model_id} is a single-sentence model: drop text_pair")
         result = await self._forward(("classify", model_id), texts, pairs)
         return {

@@ -53,24 +53,19 @@ def read_config(folder: str) -> dict:
 
 
 def model_kind(folder: str) -> str:
-    """``mlm``, ``classifier``, ``tagger``, ``choice``, ``clm`` or ``seq2seq``, from config.json
-    (and the fine-tuning card, which tells a UniMC-trained MLM classifier from a plain MLM)."""
-    arch = " ".join(read_config(folder).get("architectures") or [])
+    """``mlm``, ``classifier``, ``tagger``, ``choice``, ``clm`` or ``seq2seq``: from config.json's
+    ``architectures``, else from the family owning its ``model_type`` (:mod:`fs_ray.pretrained`),
+    and the fine-tuning card, which tells a UniMC-trained MLM classifier from a plain MLM."""
+    from fs_ray.pretrained import ModelFolder, PretrainedError
+
+    read_config(folder)
     card = read_task_card(folder)
     if card and get_method(str(card.get("method", "head"))).scores_options:
         return "classifier"  # an MLM trained to score options
-    for key, kind in (
-        ("ForSequenceClassification", "classifier"),
-        ("ForTokenClassification", "tagger"),
-        ("ForMultipleChoice", "choice"),
-        ("ForMaskedLM", "mlm"),
-        ("ForCausalLM", "clm"),
-        ("LMHeadModel", "clm"),
-        ("ForConditionalGeneration", "seq2seq"),
-    ):
-        if key in arch:
-            return kind
-    raise ValueError(f"{folder}: unsupported architecture {arch or '(none in config.json)'}")
+    try:
+        return ModelFolder(folder).kind
+    except PretrainedError as err:
+        raise ValueError(str(err)) from None
 
 
 def set_threads(n: int | None) -> None:
@@ -236,7 +231,8 @@ class TaskModel(_Base):
         self._load_tokenizer()
         self.enc = Encoder(self.tokenizer, self.max_len, self.card.get("truncation", "head"))
         self.method = self.card.get("method", "head")
-        self.shape = self.card.get("shape", "tagging" if self.kind == "tagger" else "single")
+        # a released classifier carries no card: whether it reads pairs is the request's to say
+        self.shape = self.card.get("shape", "tagging" if self.kind == "tagger" else "any")
         id2label = self.config.get("id2label") or {}
         self.labels = list(self.card.get("labels") or [id2label[k] for k in sorted(id2label, key=int)])
         if get_method(self.method).scores_options:
@@ -259,7 +255,7 @@ class TaskModel(_Base):
         """Label and every label's probability (best first) per text."""
         if self.kind != "classifier":
             raise InputError("model", f"{self.name} is a {self.kind}; use the ner endpoint")
-        pair = self.shape == "pair"
+        pair = self.shape == "pair" or (self.shape == "any" and bool(text_pairs))
         if pair and (not text_pairs or len(text_pairs) != len(texts)):
             raise InputError("text_pairs", f"{self.name} is a sentence-pair model: give one text_pair per text")
         if not pair and text_pairs:
@@ -327,9 +323,19 @@ class Generator(_Base):
         auto = "AutoModelForCausalLM" if self.kind == "clm" else "AutoModelForSeq2SeqLM"
         self.device = device()
         self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval().to(self.device)
+        # the model's own ids (generation_config.json, then config.json); the vocabulary only
+        # where the model names none
+        from fs_ray.pretrained import ModelFolder
+
+        ids = ModelFolder(folder).generation_ids
         vocab = self.tokenizer.get_vocab()
-        self.eos = next((vocab[t] for t in ("</s>", "[SEP]", "<|endoftext|>") if t in vocab), None)
-        self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), 0)
+        self.eos = ids["eos"]
+        if self.eos is None:
+            self.eos = next((vocab[t] for t in ("</s>", "[SEP]", "<|endoftext|>") if t in vocab), None)
+        self.pad = ids["pad"]
+        if self.pad is None:
+            self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), self.eos or 0)
+        self.decoder_start = ids["decoder_start"]
         self._lock = threading.Lock()  # the seed is process-wide torch state
 
     @torch.no_grad()
@@ -350,6 +356,8 @@ class Generator(_Base):
             "pad_token_id": self.pad,
             "eos_token_id": self.eos,
         }
+        if self.kind == "seq2seq" and self.decoder_start is not None:
+            kwargs["decoder_start_token_id"] = self.decoder_start
         if sample:
             kwargs.update(temperature=temperature, top_p=top_p)
         inputs = torch.tensor([ids], dtype=torch.long, device=self.device)

@@ -8,6 +8,8 @@ A run folder holds one folder per checkpoint Ray Train registered::
                                method, family), the vocabulary's special ids, ZeRO stage
         hf_config.json         the trained model's Hugging Face config
         tokenizer.json         the tokenizer its data was encoded with
+        tokenizer_files/       the tokenizer files the model or vocabulary came with (vocab.txt,
+                               spiece.model, merges.txt, ...), copied into the export as they were
         fs_ray_task.json       fine-tuning: the task card, copied into the export
         export_probe.pt        last checkpoint: fixed inputs and the logits the workers computed
         rng_state_rank<N>.pt   every rank's RNG states (torch CPU/CUDA, numpy, python): dropout
@@ -30,6 +32,7 @@ DS_TAG = "deepspeed"
 STATE_FILE = "fs_ray_state.json"
 HF_CONFIG_FILE = "hf_config.json"
 TOKENIZER_FILE = "tokenizer.json"
+ORIGINAL_TOKENIZER_DIR = "tokenizer_files"
 PROBE_FILE = "export_probe.pt"
 TASK_FILE = "fs_ray_task.json"
 EXPORT_FILE = "fs_ray_export.json"

@@ -13,6 +13,8 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
+import tempfile
 
 import torch
 
@@ -33,7 +35,7 @@ def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]
 
 def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     """Write ``out_dir`` as a Hugging Face folder from an fs_ray checkpoint folder; return it."""
-    from transformers import AutoConfig, PreTrainedTokenizerFast
+    from transformers import AutoConfig
 
     from fs_ray.families import get_family
 
@@ -41,9 +43,7 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     config = AutoConfig.from_pretrained(os.path.join(checkpoint_dir, layout.HF_CONFIG_FILE))
     model = get_family(state["family"]).build(state["auto_class"], config)
     weights = _state_dict(checkpoint_dir, int(state.get("zero_stage", 0)))
-    weights = {
-        k.removeprefix("model."): v.float() for k, v in weights.items()
-    }  # the loss wrapper's prefix
+    weights = {k.removeprefix("model."): v.float() for k, v in weights.items()}  # the loss wrapper's prefix
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
@@ -66,21 +66,15 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
 
-    special = state["special_ids"]
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=os.path.join(checkpoint_dir, layout.TOKENIZER_FILE))
-    backend = tokenizer.backend_tokenizer
-    names = {
-        "pad": "pad_token",
-        "unk": "unk_token",
-        "cls": "cls_token",
-        "sep": "sep_token",
-        "mask": "mask_token",
-        "eos": "eos_token",
-    }
-    tokenizer.add_special_tokens(
-        {names[k]: backend.id_to_token(v) for k, v in special.items() if k in names and isinstance(v, int)}
+    originals = os.path.join(checkpoint_dir, layout.ORIGINAL_TOKENIZER_DIR)
+    with open(os.path.join(checkpoint_dir, layout.TOKENIZER_FILE), encoding="utf-8") as f:
+        tokenizer_json = f.read()
+    save_tokenizer(
+        out_dir,
+        tokenizer_json,
+        state["special_ids"],
+        {n: os.path.join(originals, n) for n in os.listdir(originals)} if os.path.isdir(originals) else {},
     )
-    tokenizer.save_pretrained(out_dir)
     card = layout.read_task_card(checkpoint_dir)
     if card is not None:  # a fine-tuned model: what serving and evaluation need to encode as training did
         with open(os.path.join(out_dir, layout.TASK_FILE), "w", encoding="utf-8") as f:
@@ -96,3 +90,32 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
             indent=2,
         )
     return out_dir
+
+
+def save_tokenizer(out_dir: str, tokenizer_json: str, special: dict, originals: dict[str, str]) -> None:
+    """The tokenizer files of an export: ``tokenizer.json`` (with its special tokens named, for
+    ``AutoTokenizer``) and, copied as they were, the files the model or vocabulary came with
+    (``originals``: file name -> path; vocab.txt, spiece.model, merges.txt, tokenizer_config.json,
+    ...), which slow-tokenizer loaders such as FengShen's own read."""
+    from transformers import PreTrainedTokenizerFast
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, layout.TOKENIZER_FILE)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(tokenizer_json)
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
+    backend = tokenizer.backend_tokenizer
+    names = {
+        "pad": "pad_token",
+        "unk": "unk_token",
+        "cls": "cls_token",
+        "sep": "sep_token",
+        "mask": "mask_token",
+        "eos": "eos_token",
+    }
+    tokenizer.add_special_tokens(
+        {names[k]: backend.id_to_token(v) for k, v in special.items() if k in names and isinstance(v, int)}
+    )
+    tokenizer.save_pretrained(out_dir)
+    for name, src in originals.items():
+        shutil.copyfile(src, os.path.join(out_dir, name))

@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from fs_ray import storage
-from fs_ray.assets import absolute, resolve_path
+from fs_ray.assets import absolute
 from fs_ray.config import write_resolved
 from fs_ray.data.encoding import Encoder, gold_of, score_labels
 from fs_ray.data.tasks import TaskDataError, TaskSpec, TaskSplit, load_split, task_spec
@@ -63,7 +63,9 @@ def load_tokenizer_for(cfg: FinetuneConfig):
     from fs_ray.data.tokenization import load_tokenizer
 
     if cfg.model.from_pretrained:
-        return load_tokenizer(resolve_path(cfg.model.from_pretrained))
+        from fs_ray.pretrained import resolve
+
+        return load_tokenizer(resolve(cfg.model.from_pretrained))
     return load_tokenizer(cfg.tokenizer.source, cfg.tokenizer.lowercase)
 
 
@@ -79,14 +81,13 @@ def plan(cfg: FinetuneConfig) -> dict[str, Any]:
             problem = get_method(method).check_shape(spec.shape)
             if problem:
                 raise FinetuneError(f"methods: {method} on task {name} ({spec.shape}): {problem}")
-    if cfg.model.from_pretrained and not os.path.isdir(resolve_path(cfg.model.from_pretrained)):
-        raise FinetuneError(f"model.from_pretrained: {cfg.model.from_pretrained} is not a folder")
+    folder = check_pretrained(cfg, specs) if cfg.model.from_pretrained else None
     family = get_family(cfg.model.family)
     unsupported = [m for m in cfg.methods if m not in family.methods]
-    if unsupported and not cfg.model.from_pretrained:
+    if unsupported:
         raise FinetuneError(
             f"methods: {family.name} is not fine-tuned with {', '.join(unsupported)} "
-            f"(its methods: {', '.join(family.methods) or 'none'}); start from a folder with model.from_pretrained"
+            f"(its methods: {', '.join(family.methods) or 'none'})"
         )
     try:
         resolve_precision(cfg.deepspeed.precision, cfg.scaling.use_gpu)
@@ -113,7 +114,73 @@ def plan(cfg: FinetuneConfig) -> dict[str, Any]:
                 raise FinetuneError(f"task {name}, split {split}: {err}") from None
     if any(METHODS[m].neural for m in cfg.methods):
         Encoder(tokenizer, cfg.task.max_len, cfg.task.truncation)  # vocabulary has what we need
-    return {"specs": specs, "splits": splits, "tokenizer": tokenizer, "run_dir": cfg.run.run_dir()}
+    notes = fit_released_heads(cfg, folder, splits) if folder is not None else []
+    return {
+        "specs": specs,
+        "splits": splits,
+        "tokenizer": tokenizer,
+        "run_dir": cfg.run.run_dir(),
+        "notes": notes,
+    }
+
+
+def check_pretrained(cfg: FinetuneConfig, specs: dict[str, TaskSpec]):
+    """Fine-tuning a released (or exported) folder: its family (set on ``cfg``), each method's model
+    class for each task's shape, and its own tokenizer must fit. Returns the folder."""
+    from fs_ray import pretrained
+
+    try:
+        folder = pretrained.ModelFolder.open(cfg.model.from_pretrained)
+        family = pretrained.effective_family(cfg.model, folder)
+    except pretrained.PretrainedError as err:
+        raise FinetuneError(f"model.from_pretrained: {err}") from None
+    cfg.model.family = family.name
+    for name, spec in specs.items():
+        for method in cfg.for_task(name).methods:
+            m = get_method(method)
+            if not m.neural or method not in family.methods:
+                continue
+            problem = pretrained.check_auto_class(
+                folder, m.auto_class(spec.shape), f"method {method} on task {name}"
+            )
+            if problem:
+                raise FinetuneError(f"model.from_pretrained: {problem}")
+    if not folder.has_tokenizer:
+        raise FinetuneError(
+            f"model.from_pretrained: {folder.path} has no tokenizer files (tokenizer.json, vocab.txt, "
+            "vocab.json + merges.txt or spiece.model); copy the ones it was trained with into it"
+        )
+    return folder
+
+
+def fit_released_heads(cfg: FinetuneConfig, folder, splits: dict[str, dict[str, TaskSplit]]) -> list[str]:
+    """A released classifier's head is kept only for tasks whose labels it has (in its order);
+    otherwise :class:`FinetuneError`, unless ``model.reinit_head``. Returns notes for the log."""
+    import dataclasses
+
+    from fs_ray import pretrained
+
+    notes = []
+    for name, by_split in splits.items():
+        methods = [get_method(m) for m in cfg.for_task(name).methods]
+        if not any(
+            m.neural and "Classification" in m.auto_class(s.spec.shape)
+            for m in methods
+            for s in by_split.values()
+        ):
+            continue
+        for key, split in by_split.items():
+            error, note, order = pretrained.check_head(folder, split.labels, cfg.model.reinit_head, name)
+            if error:
+                raise FinetuneError(f"model.from_pretrained: {error}")
+            if note and note not in notes:
+                notes.append(note)
+            by_split[key] = dataclasses.replace(split, labels=order)
+    if folder.kind not in ("mlm",) and any(get_method(m).scores_options for m in cfg.methods):
+        notes.append(
+            f"{folder.path} is a {folder.kind} without a masked-LM head: UniMC starts a new one on its encoder"
+        )
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,12 +277,20 @@ class FinetuneWork:
     def checkpoint_due(self, step: int) -> bool:
         if step == self.total_steps:
             return True
-        return step % self.steps_per_epoch == 0 and (step // self.steps_per_epoch) % self.cfg.checkpoint.every_n_epochs == 0
+        return (
+            step % self.steps_per_epoch == 0
+            and (step // self.steps_per_epoch) % self.cfg.checkpoint.every_n_epochs == 0
+        )
 
     def evaluate(self, engine, step: int, train_loss: float) -> dict:
         self.dev = self._outputs(engine, "dev")
         preds, _ = self.method.decode(
-            self.shape, self.labels, len(self.info["dev_gold"]), self.dev, self.info["dev_row_of"], self.info["dev_lengths"]
+            self.shape,
+            self.labels,
+            len(self.info["dev_gold"]),
+            self.dev,
+            self.info["dev_row_of"],
+            self.info["dev_lengths"],
         )
         metrics = score_labels(self.metric, self.info["dev_gold"], preds)
         record = {
@@ -247,10 +322,13 @@ class FinetuneWork:
             "special_ids": self.info["special"],
         }
 
-    def checkpoint_files(self) -> dict[str, str]:
+    def checkpoint_files(self) -> dict[str, str | bytes]:
         return {
             layout.TOKENIZER_FILE: self.info["tokenizer_json"],
             layout.TASK_FILE: json.dumps(self.info["task_card"], ensure_ascii=False, indent=2),
+            **{
+                f"{layout.ORIGINAL_TOKENIZER_DIR}/{k}": v for k, v in self.info["tokenizer_originals"].items()
+            },
         }
 
     def finish(self, engine, rank: int, world: int) -> dict | None:
@@ -316,7 +394,9 @@ class FinetuneWork:
 # ---------------------------------------------------------------------------------------------
 # driver side
 # ---------------------------------------------------------------------------------------------
-def _rows(split: TaskSplit, examples, enc: Encoder, method: str, labelled: bool, train: bool, cfg) -> list[dict]:
+def _rows(
+    split: TaskSplit, examples, enc: Encoder, method: str, labelled: bool, train: bool, cfg
+) -> list[dict]:
     rows = get_method(method).encode(split, examples, enc, labelled, train, cfg)
     for uid, row in enumerate(rows):
         row["uid"] = uid
@@ -340,6 +420,7 @@ def run_neural(
     from ray.train import DataConfig
 
     from fs_ray.data.tokenization import special_ids
+    from fs_ray.pretrained import original_tokenizer_files, resolve
     from fs_ray.training.loop import fit
 
     m = get_method(method)
@@ -351,7 +432,9 @@ def run_neural(
     world = cfg.scaling.num_workers
     epochs = math.ceil(cfg.optim.epochs) if m.trains else 0
     if epochs and len(train_rows) < world:
-        raise FinetuneError(f"{split.name} split {split.split}: {len(train_rows)} training rows for {world} workers")
+        raise FinetuneError(
+            f"{split.name} split {split.split}: {len(train_rows)} training rows for {world} workers"
+        )
     per_rank = len(train_rows) // world
     batches_per_epoch = math.ceil(per_rank / cfg.optim.micro_batch_size) if epochs else 0
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.optim.grad_accum) if epochs else 0
@@ -375,6 +458,9 @@ def run_neural(
         "dev_lengths": [len(ex.texts[0]) for ex in split.dev],
         "export": export,
         "tokenizer_json": tokenizer.to_str(),
+        "tokenizer_originals": original_tokenizer_files(
+            resolve(cfg.model.from_pretrained) if cfg.model.from_pretrained else cfg.tokenizer.source
+        ),
         "task_card": {
             "task": split.name,
             "method": method,
@@ -611,7 +697,17 @@ def write_results(run_dir: str, records: list[dict]) -> list[dict]:
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(
-        ["task", "method", "split", "metric", "value", "test_value", "train_examples", "dev_examples", "seconds"]
+        [
+            "task",
+            "method",
+            "split",
+            "metric",
+            "value",
+            "test_value",
+            "train_examples",
+            "dev_examples",
+            "seconds",
+        ]
     )
     for r in records:
         test = (r.get("test_metrics") or {}).get(r["metric"])
@@ -668,6 +764,8 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
         raise FinetuneError(str(err)) from None
     quiet_ray_data()
     n_runs = sum(len(s) * len(cfg.for_task(n).methods) for n, s in p["splits"].items())
+    for note in p["notes"]:
+        log(f"[finetune] note: {note}")
     log(
         f"[finetune] {len(p['specs'])} task(s) x method(s) ({', '.join(cfg.methods)}) = {n_runs} runs "
         f"from {cfg.model.from_pretrained or f'scratch ({cfg.model.family}/{cfg.model.preset})'} -> {run_dir}"

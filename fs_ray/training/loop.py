@@ -64,9 +64,15 @@ def save_checkpoint(engine, model, work, rank: int, step: int, state: dict, metr
             with open(os.path.join(tmp, layout.STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, ensure_ascii=False)
             model.config.to_json_file(os.path.join(tmp, layout.HF_CONFIG_FILE))
-            for name, text in work.checkpoint_files().items():
-                with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
-                    f.write(text)
+            for name, content in work.checkpoint_files().items():
+                path = os.path.join(tmp, name)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                if isinstance(content, bytes):
+                    with open(path, "wb") as f:
+                        f.write(content)
+                else:
+                    with open(path, "w", encoding="utf-8") as f:
+                        f.write(content)
         ray.train.report(
             {"step": step, **metrics},
             checkpoint=ray.train.Checkpoint.from_directory(tmp),

@@ -24,6 +24,7 @@ from fs_ray.config import write_resolved
 from fs_ray.data import manifest as manifest_format
 from fs_ray.data.ingest import CorpusDataConfig, Position, PreparedCorpus, collate
 from fs_ray.objectives import get_objective
+from fs_ray.pretrained import original_tokenizer_files
 from fs_ray.run_configs import PretrainConfig
 from fs_ray.training import checkpoint as layout
 from fs_ray.training.engine import deepspeed_config, resolve_precision
@@ -41,14 +42,15 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
         corpus = PreparedCorpus.load(prepared)
     except Exception as err:
         raise PretrainError(f"data.prepared_dir: {err}") from None
+    notes: list[str] = []
+    if cfg.model.from_pretrained:
+        notes += check_pretrained(cfg, corpus, prepared)
     objective = get_objective(cfg.model.objective_name)
     problem = objective.check(corpus.special_ids)
     if problem:
         raise PretrainError(
             f"model.objective={objective.name} ({cfg.model.family}) cannot train on {prepared}: {problem}"
         )
-    if cfg.model.from_pretrained and not os.path.isdir(resolve_path(cfg.model.from_pretrained)):
-        raise PretrainError(f"model.from_pretrained: {cfg.model.from_pretrained} is not a folder")
     try:
         resolve_precision(cfg.deepspeed.precision, cfg.scaling.use_gpu)
     except ValueError as err:
@@ -63,7 +65,52 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
         "epochs": math.ceil(needed / batches_per_epoch),
         "run_dir": cfg.run.run_dir(),
         "storage_path": absolute(cfg.run.storage_path),
+        "notes": notes,
+        # the model's own tokenizer files when continuing one, else the corpus vocabulary's
+        "tokenizer_originals": original_tokenizer_files(
+            (cfg.model.from_pretrained and pretrained_folder(cfg))
+            or corpus.manifest["tokenizer"].get("source", "")
+        ),
     }
+
+
+def pretrained_folder(cfg: PretrainConfig) -> str:
+    from fs_ray.pretrained import resolve
+
+    return resolve(cfg.model.from_pretrained)
+
+
+def check_pretrained(cfg: PretrainConfig, corpus: PreparedCorpus, prepared: str) -> list[str]:
+    """Continuing a released model: its family (set on ``cfg``), objective and tokenizer must fit
+    the corpus. Returns notes for the log; raises :class:`PretrainError` naming both sides."""
+    from fs_ray import pretrained
+
+    try:
+        folder = pretrained.ModelFolder.open(cfg.model.from_pretrained)
+        family = pretrained.effective_family(cfg.model, folder)
+    except pretrained.PretrainedError as err:
+        raise PretrainError(f"model.from_pretrained: {err}") from None
+    notes = []
+    if not storage.is_uri(cfg.model.from_pretrained) and os.path.isdir(
+        resolve_path(cfg.model.from_pretrained)
+    ):
+        cfg.model.from_pretrained = absolute(cfg.model.from_pretrained)  # workers may run elsewhere
+    if family.name != cfg.model.family:
+        notes.append(f"model.family: {family.name}, from {folder.path} ({folder.model_type})")
+        cfg.model.family = family.name
+    if cfg.model.objective is not None and cfg.model.objective not in family.objectives:
+        raise PretrainError(
+            f"model.objective={cfg.model.objective} is not a {family.name} objective ({', '.join(family.objectives)})"
+        )
+    objective = get_objective(cfg.model.objective_name)
+    problem = pretrained.check_auto_class(folder, objective.auto_class, f"objective {objective.name}")
+    if problem is None:
+        source = corpus.manifest["tokenizer"].get("source", "?")
+        tokenizer_json = storage.read_text(storage.join(prepared, manifest_format.TOKENIZER_FILE))
+        problem = pretrained.check_corpus_tokenizer(tokenizer_json, source, folder)
+    if problem:
+        raise PretrainError(f"model.from_pretrained: {problem}")
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +175,15 @@ class PretrainWork:
     id_key = "sample_id"
     final_checkpoint = False  # the last step always checkpoints
 
-    def __init__(self, cfg: PretrainConfig, manifest: dict, run_dir: str, tokenizer_json: str, trace_dir=None):
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        manifest: dict,
+        run_dir: str,
+        tokenizer_json: str,
+        trace_dir=None,
+        tokenizer_originals: dict[str, bytes] | None = None,
+    ):
         self.cfg = cfg
         self.optim, self.deepspeed, self.scaling = cfg.optim, cfg.deepspeed, cfg.scaling
         self.seed = cfg.run.seed
@@ -140,6 +195,7 @@ class PretrainWork:
         self.total_steps = cfg.optim.max_steps
         self.log_every = max(1, min(10, cfg.checkpoint.every_n_steps))
         self.run_dir, self.tokenizer_json, self.trace_dir = run_dir, tokenizer_json, trace_dir
+        self.tokenizer_originals = tokenizer_originals or {}
         self.tensorboard_dir = self.metrics_path = None
 
     def setup(self, rank: int, world: int) -> None:
@@ -150,9 +206,7 @@ class PretrainWork:
     def build(self):
         from fs_ray.families import build_model
 
-        model = build_model(
-            self.cfg.model, self.objective.auto_class, self.vocab, self.seq_len, self.special, grow_vocab=True
-        )
+        model = build_model(self.cfg.model, self.objective.auto_class, self.vocab, self.seq_len, self.special)
         return self.objective.wrap(model), model
 
     def resume(self, state: dict, resumed: bool) -> None:
@@ -169,7 +223,9 @@ class PretrainWork:
         it = iter(
             ray.train.get_dataset_shard("train").iter_torch_batches(
                 batch_size=self.optim.micro_batch_size,
-                collate_fn=functools.partial(collate, seq_len=self.seq_len, pad_id=self.special.get("pad") or 0),
+                collate_fn=functools.partial(
+                    collate, seq_len=self.seq_len, pad_id=self.special.get("pad") or 0
+                ),
                 prefetch_batches=2,
             )
         )
@@ -200,8 +256,11 @@ class PretrainWork:
             "special_ids": self.special,
         }
 
-    def checkpoint_files(self) -> dict[str, str]:
-        return {layout.TOKENIZER_FILE: self.tokenizer_json}
+    def checkpoint_files(self) -> dict[str, str | bytes]:
+        return {
+            layout.TOKENIZER_FILE: self.tokenizer_json,
+            **{f"{layout.ORIGINAL_TOKENIZER_DIR}/{k}": v for k, v in self.tokenizer_originals.items()},
+        }
 
     def finish(self, engine, rank: int, world: int) -> None:
         return None
@@ -224,7 +283,9 @@ def pretrain(cfg: PretrainConfig, log=print, trace_dir: str | None = None) -> di
     write_resolved(cfg, out)
     storage.write_text(
         storage.join(out, "deepspeed_config.json"),
-        json.dumps(deepspeed_config(cfg.optim, cfg.deepspeed, cfg.scaling.num_workers, cfg.scaling.use_gpu), indent=2),
+        json.dumps(
+            deepspeed_config(cfg.optim, cfg.deepspeed, cfg.scaling.num_workers, cfg.scaling.use_gpu), indent=2
+        ),
     )
     tokenizer_json = storage.read_text(storage.join(p["prepared_dir"], manifest_format.TOKENIZER_FILE))
     if not ray.is_initialized():
@@ -233,14 +294,17 @@ def pretrain(cfg: PretrainConfig, log=print, trace_dir: str | None = None) -> di
         storage.check_shared(p["storage_path"])  # multi-node: every worker must reach the checkpoints
     except storage.StorageError as err:
         raise PretrainError(str(err)) from None
+    for note in p["notes"]:
+        log(f"[pretrain] note: {note}")
+    start = f"from {cfg.model.from_pretrained}, " if cfg.model.from_pretrained else ""
     log(
-        f"[pretrain] {cfg.model.family}/{cfg.model.preset} ({p['objective'].name}), {cfg.scaling.num_workers} "
+        f"[pretrain] {cfg.model.family}/{start or cfg.model.preset + ' '}({p['objective'].name}), {cfg.scaling.num_workers} "
         f"workers, {cfg.optim.max_steps} steps x {cfg.optim.micro_batch_size} x {cfg.optim.grad_accum} accum, "
         f"ZeRO-{cfg.deepspeed.zero_stage}, corpus {corpus.num_rows:,} sequences ({p['epochs']} epoch(s)) -> {out}"
     )
     manifest = {k: corpus.manifest[k] for k in ("tokenizer", "seq_len", "pack_mode")}
     result = fit(
-        PretrainWork(cfg, manifest, out, tokenizer_json, trace_dir),
+        PretrainWork(cfg, manifest, out, tokenizer_json, trace_dir, p["tokenizer_originals"]),
         name=cfg.run.name,
         storage_path=p["storage_path"],
         datasets={"train": corpus.dataset()},

@@ -1,0 +1,210 @@
+"""Tiny random-weight folders in the layout of each released Fengshenbang checkpoint, built at test
+time (nothing downloaded, nothing large committed).
+
+Each imitates what the hub folder holds: the architecture class and ``model_type`` of its
+``config.json`` (with or without ``architectures``), its special and generation ids, its weight file
+(``pytorch_model.bin`` for the 2022 releases) and its own tokenizer files in their own format
+(``vocab.txt`` only, ``vocab.json`` + ``merges.txt``, ``spiece.model`` with ``extra_ids: 0``). Shapes
+are tiny; vocabularies are the real BERT one or small ones trained here on the demo corpus.
+
+The BART/Pegasus, Zhouwenwang, Bigan and Taiyi issues add their layouts to :data:`LAYOUTS`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fs_ray.assets import BUILTIN_VOCABS, DEMO_CORPUS
+
+TINY_BERT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+@dataclass(frozen=True)
+class Layout:
+    name: str  # the released checkpoint it imitates
+    family: str  # the fs_ray family that owns its model_type
+    kind: str  # what fs_ray reads it as (fs_ray.pretrained.ModelFolder.kind)
+    build: Callable[[Path], Path]
+    objective: str | None = None  # continued pretraining
+    method: str | None = None  # fine-tuning (on tests.task_data's sep_single task)
+    files: tuple[str, ...] = ()  # its tokenizer files, which an export must keep
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def _save(model, out: Path, bin_weights: bool, drop_architectures: bool = False) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=not bin_weights)
+    if bin_weights and not (out / "pytorch_model.bin").exists():  # transformers 5 may still write safetensors
+        from safetensors.torch import load_file
+
+        torch.save(load_file(out / "model.safetensors"), out / "pytorch_model.bin")
+        (out / "model.safetensors").unlink()
+    if drop_architectures:
+        cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+        cfg.pop("architectures", None)
+        _write_json(out / "config.json", cfg)
+    (out / "generation_config.json").unlink(missing_ok=True)  # the 2022 releases have none
+    return out
+
+
+def _bert_vocab(out: Path) -> int:
+    vocab = BUILTIN_VOCABS["bert-chinese"].read_bytes()
+    (out / "vocab.txt").write_bytes(vocab)
+    return len(vocab.decode("utf-8").splitlines())
+
+
+def bert(out: Path, arch: str = "BertForMaskedLM", megatron: bool = False, **head) -> Path:
+    """Erlangshen: config.json + pytorch_model.bin + vocab.txt, nothing else (as on the hub)."""
+    import transformers
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _bert_vocab(out)
+    cls = transformers.MegatronBertConfig if megatron else transformers.BertConfig
+    config = cls(vocab_size=vocab, pad_token_id=0, **TINY_BERT, **head)
+    torch.manual_seed(0)
+    return _save(getattr(transformers, arch)(config), out, bin_weights=True)
+
+
+def _demo_lines(n: int = 2000) -> list[str]:
+    return [t for t in DEMO_CORPUS.read_text(encoding="utf-8").splitlines() if t.strip()][:n]
+
+
+def gpt2(out: Path) -> Path:
+    """Wenzhong/Yuyuan: GPT2LMHeadModel with GPT-2's byte-level BPE files (vocab.json + merges.txt);
+    bos = eos = <|endoftext|>, the last id, and no pad id, as GPT-2 has."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_demo_lines(), vocab_size=1200, min_frequency=2, show_progress=False)
+    bpe.add_special_tokens(["<|endoftext|>"])
+    bpe.save_model(str(out))
+    eot = bpe.token_to_id("<|endoftext|>")
+    vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
+    vocab["<|endoftext|>"] = eot
+    _write_json(out / "vocab.json", vocab)
+    config = GPT2Config(
+        vocab_size=bpe.get_vocab_size(),
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        n_positions=256,
+        bos_token_id=eot,
+        eos_token_id=eot,
+    )
+    torch.manual_seed(0)
+    return _save(GPT2LMHeadModel(config), out, bin_weights=True)
+
+
+def t5(out: Path, drop_architectures: bool = False) -> Path:
+    """Randeng-T5: MT5ForConditionalGeneration, model_type mt5, an untied lm_head, spiece.model with
+    ``extra_ids: 0`` (no <extra_id_N>: FengShen's sentinels are the vocabulary's last ids), pad 0,
+    eos 1, decoder start 0, tokenizer_config.json + special_tokens_map.json."""
+    import sentencepiece as spm
+    from transformers import MT5Config, MT5ForConditionalGeneration
+
+    from fs_ray.families.randeng import untie_lm_head
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "_corpus.txt"
+    src.write_text("\n".join(_demo_lines()), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(src), model_prefix=str(out / "spiece"), vocab_size=3000, pad_id=0, eos_id=1, unk_id=2,
+        bos_id=-1, character_coverage=0.995, model_type="unigram", minloglevel=2, num_threads=1,
+    )  # fmt: skip
+    src.unlink()
+    (out / "spiece.vocab").unlink()
+    _write_json(
+        out / "tokenizer_config.json",
+        {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 0,
+         "additional_special_tokens": None, "sp_model_kwargs": {}, "tokenizer_class": "T5Tokenizer"},
+    )  # fmt: skip
+    _write_json(
+        out / "special_tokens_map.json", {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    )
+    config = MT5Config(
+        vocab_size=3000, d_model=64, d_ff=128, d_kv=32, num_layers=2, num_decoder_layers=2, num_heads=2,
+        feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return _save(untie_lm_head(MT5ForConditionalGeneration(config)), out, True, drop_architectures)
+
+
+LAYOUTS = [
+    Layout("Erlangshen-Roberta-110M", "erlangshen", "mlm", bert, "mlm", "head", ("vocab.txt",)),
+    Layout(
+        "Erlangshen-Roberta-110M-Sentiment",
+        "erlangshen",
+        "classifier",
+        lambda out: bert(
+            out,
+            "BertForSequenceClassification",
+            num_labels=2,
+            id2label={0: "Negative", 1: "Positive"},
+            label2id={"Negative": 0, "Positive": 1},
+        ),
+        None,
+        "head",
+        ("vocab.txt",),
+    ),
+    Layout(
+        "Erlangshen-Roberta-110M-Similarity",
+        "erlangshen",
+        "classifier",
+        lambda out: bert(out, "BertForSequenceClassification", num_labels=2),
+        None,
+        "head",
+        ("vocab.txt",),
+    ),
+    Layout(
+        "Erlangshen-Roberta-330M-NLI",
+        "erlangshen",
+        "classifier",
+        lambda out: bert(out, "BertForSequenceClassification", num_labels=3),
+        None,
+        None,
+        ("vocab.txt",),
+    ),
+    Layout(
+        "Erlangshen-MegatronBert-1.3B",
+        "erlangshen",
+        "mlm",
+        lambda out: bert(out, "MegatronBertForMaskedLM", megatron=True),
+        "mlm",
+        "head",
+        ("vocab.txt",),
+    ),
+    Layout("Wenzhong-GPT2-110M", "wenzhong", "clm", gpt2, "clm", None, ("vocab.json", "merges.txt")),
+    Layout(
+        "Randeng-T5-77M",
+        "randeng",
+        "seq2seq",
+        t5,
+        "span",
+        None,
+        ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
+    ),
+    Layout(
+        "Randeng-T5-77M (config.json without architectures)",
+        "randeng",
+        "seq2seq",
+        lambda out: t5(out, drop_architectures=True),
+        "span",
+        None,
+        ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
+    ),
+]  # Yuyuan-GPT2-3.5B is Wenzhong's layout (GPT2LMHeadModel, the same BPE files)
+
+
+def layout(name: str) -> Layout:
+    return next(x for x in LAYOUTS if x.name == name)

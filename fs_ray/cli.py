@@ -95,7 +95,35 @@ def run_cli(
     if cfg is None:
         return 0
     _plain_output_when_logged()  # only for a run: --help and --print-config need no Ray import
+    problem = _driver_address()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return _exit(EXIT_BAD_CONFIG)
     return _exit(int(main(cfg) or 0))
+
+
+def _driver_address() -> str | None:
+    """``RAY_ADDRESS`` as the README sets it for ``ray job submit`` is the job server's URL
+    (``http://127.0.0.1:8266``), which a driver started with plain ``python jobs/...`` cannot join
+    (``ray.init`` needs the GCS address). For the local cluster of ``cluster/local.sh`` the GCS
+    address is read from its state file; for any other URL, the message says what to set."""
+    import json
+
+    address = os.environ.get("RAY_ADDRESS", "")
+    if not address.startswith(("http://", "https://")):
+        return None
+    from fs_ray.local_cluster import LocalCluster
+
+    path = LocalCluster().state_path
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    if state.get("gcs_address") and state.get("dashboard_url", "").rstrip("/") == address.rstrip("/"):
+        os.environ["RAY_ADDRESS"] = state["gcs_address"]
+        return None
+    return (
+        f"RAY_ADDRESS={address} is a job server URL (what `ray job submit` talks to); a run started "
+        "with python needs the cluster's GCS address (RAY_ADDRESS=<head>:6379), or submit it: "
+        "ray job submit --working-dir . -- python " + " ".join(sys.argv)
+    )
 
 
 def _plain_output_when_logged() -> None:

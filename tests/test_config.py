@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,23 @@ def test_storage_uris_keep_their_query_and_the_cluster_default_applies(monkeypat
     assert RunSection(name="exp").output_dir() == "gs://team/fs_ray/exp"
     monkeypatch.delenv("FS_RAY_STORAGE")
     assert RunSection(name="exp").output_dir() == "runs/exp"
+
+
+def test_a_job_server_url_in_ray_address_becomes_the_local_clusters_gcs_address(tmp_path, monkeypatch):
+    """The README exports RAY_ADDRESS=http://127.0.0.1:8266 (for `ray job submit`); a run started with
+    plain python must still reach that cluster (ray.init refuses an HTTP address)."""
+    import json as _json
+
+    from fs_ray.cli import _driver_address
+
+    monkeypatch.setenv("FS_RAY_CLUSTER_DIR", str(tmp_path))
+    (tmp_path / "cluster.json").write_text(
+        _json.dumps({"dashboard_url": "http://127.0.0.1:8266", "gcs_address": "127.0.0.1:6390"})
+    )
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8266/")
+    assert _driver_address() is None and os.environ["RAY_ADDRESS"] == "127.0.0.1:6390"
+    monkeypatch.setenv("RAY_ADDRESS", "http://10.0.0.5:8265")
+    problem = _driver_address()
+    assert "is a job server URL" in problem and "RAY_ADDRESS=<head>:6379" in problem and "ray job submit" in problem
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    assert _driver_address() is None and os.environ["RAY_ADDRESS"] == "10.0.0.5:6379"

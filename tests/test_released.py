@@ -158,15 +158,17 @@ def test_released_layout_loads_continues_finetunes_saves_and_serves(lay, folders
         assert (out / name).read_bytes() == Path(folder, name).read_bytes(), name
     assert vocab_fingerprint(load_tokenizer(str(out))) == vocab_fingerprint(tok)
 
-    # reload: transformers gives the same logits, each tokenizer format gives the same ids
+    # reload: transformers and fs_ray give the same logits, each tokenizer format gives the same ids
     import transformers
 
     kind = ModelFolder(str(out)).kind
     reloaded = getattr(transformers, AUTO_OF_KIND[kind]).from_pretrained(out).eval()
     model.eval()
     probe = _probe(tok, kind)
+    ours = build_model(ModelSection(from_pretrained=str(out)), AUTO_OF_KIND[kind], 0, 48, {}).eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**probe).logits, model(**probe).logits, rtol=0, atol=1e-5)
+        torch.testing.assert_close(ours(**probe).logits, model(**probe).logits, rtol=0, atol=1e-5)
     ids = tok.encode(TEXT, add_special_tokens=False).ids
     assert transformers.AutoTokenizer.from_pretrained(out)(TEXT, add_special_tokens=False)["input_ids"] == ids
     if "vocab.txt" in lay.files:

@@ -441,7 +441,8 @@ def run_neural(
     total_steps = round(cfg.optim.epochs * steps_per_epoch) if epochs else 0
     label = f"{split.name}/{method}/split_{split.split}"
     worker_cfg = cfg.model_dump(mode="json")
-    if cfg.model.from_pretrained and not storage.is_uri(cfg.model.from_pretrained):
+    if cfg.model.from_pretrained and os.path.isdir(absolute(cfg.model.from_pretrained)):
+        # a local folder by absolute path (workers run elsewhere); URIs and hub ids each worker resolves
         worker_cfg["model"]["from_pretrained"] = absolute(cfg.model.from_pretrained)
     info = {
         "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),

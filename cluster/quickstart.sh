@@ -43,6 +43,10 @@ submit "fs_ray-finetune-$stamp" python jobs/finetune.py --config jobs/configs/fi
   --set "model.from_pretrained=$export_dir" --set "run.storage_path=$out" --set "run.name=eprstmt-$stamp" \
   --set "task.splits=[few_all]" --set "methods=[head,tfidf]"
 
+# the latest run under a fixed name, which serve/configs/serve_quickstart.yaml and serve/ray_serve.yaml name
+ln -sfn "erlangshen-tiny-$stamp" "$out/erlangshen-tiny"
+ln -sfn "eprstmt-$stamp" "$out/eprstmt"
+
 # 5. serve both models with Ray Serve (HTTP + gRPC) and query them
 http_port="${FS_RAY_SERVE_PORT:-8000}"
 submit "fs_ray-serve-$stamp" python serve/deploy.py --config serve/configs/serve_quickstart.yaml \

@@ -76,6 +76,9 @@ def test_deepspeed_json_follows_the_typed_config():
     assert (
         ds["train_batch_size"] == 8 * 4 * 8 and ds["bf16"]["enabled"] and ds["optimizer"]["type"] == "AdamW"
     )
+    sized = deepspeed_config(cfg.optim, cfg.deepspeed, world_size=8, on_gpu=True, width=2048)["zero_optimization"]
+    assert sized["reduce_bucket_size"] == 2048**2 and sized["stage3_param_persistence_threshold"] == 20480
+    assert sized["stage3_max_live_parameters"] <= 10**8  # not DeepSpeed's 1e9: most of a 1.3B model
     default = load_config(PretrainConfig, None, [])
     cpu = deepspeed_config(default.optim, default.deepspeed, world_size=2, on_gpu=False)
     assert not cpu["bf16"]["enabled"] and not cpu["fp16"]["enabled"] and "optimizer" not in cpu

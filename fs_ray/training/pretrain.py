@@ -23,11 +23,12 @@ from fs_ray.assets import absolute, resolve_path
 from fs_ray.config import write_resolved
 from fs_ray.data import manifest as manifest_format
 from fs_ray.data.ingest import CorpusDataConfig, Position, PreparedCorpus, collate
+from fs_ray.families import get_family
 from fs_ray.objectives import get_objective
-from fs_ray.pretrained import original_tokenizer_files
+from fs_ray.pretrained import ModelFolder, original_tokenizer_files
 from fs_ray.run_configs import PretrainConfig
 from fs_ray.training import checkpoint as layout
-from fs_ray.training.engine import deepspeed_config, resolve_precision
+from fs_ray.training.engine import deepspeed_config, model_width, resolve_precision
 from fs_ray.training.loop import fit
 
 
@@ -66,6 +67,17 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
         "run_dir": cfg.run.run_dir(),
         "storage_path": absolute(cfg.run.storage_path),
         "notes": notes,
+        "width": model_width(
+            ModelFolder(pretrained_folder(cfg)).config
+            if cfg.model.from_pretrained
+            else get_family(cfg.model.family).config(
+                cfg.model.preset,
+                int(corpus.manifest["tokenizer"]["vocab_size"]),
+                corpus.seq_len,
+                corpus.special_ids,
+                cfg.model.overrides,
+            )
+        ),
         # the model's own tokenizer files when continuing one, else the corpus vocabulary's
         "tokenizer_originals": original_tokenizer_files(
             (cfg.model.from_pretrained and pretrained_folder(cfg))
@@ -284,7 +296,10 @@ def pretrain(cfg: PretrainConfig, log=print, trace_dir: str | None = None) -> di
     storage.write_text(
         storage.join(out, "deepspeed_config.json"),
         json.dumps(
-            deepspeed_config(cfg.optim, cfg.deepspeed, cfg.scaling.num_workers, cfg.scaling.use_gpu), indent=2
+            deepspeed_config(
+                cfg.optim, cfg.deepspeed, cfg.scaling.num_workers, cfg.scaling.use_gpu, p["width"]
+            ),
+            indent=2,
         ),
     )
     tokenizer_json = storage.read_text(storage.join(p["prepared_dir"], manifest_format.TOKENIZER_FILE))

@@ -16,8 +16,10 @@ export it, and measure each worker's peak resident memory against ZeRO's bytes-p
 
 ZeRO's model (Rajbhandari et al. 2020, Fig. 1 with K=12): 16 bytes per parameter with mixed
 precision (2 fp16 params + 2 fp16 grads + 12 fp32 optimizer: master copy, Adam m, v), split over
-N workers under ZeRO-3. In fp32 (this CPU) the parameters and gradients are 4 bytes each; the
-printout states the model it compares with and the measured bytes per parameter per worker.
+N workers under ZeRO-3. In fp32 (this CPU) DeepSpeed keeps 24: parameters 4, an fp32 master
+partition 4, gradients twice (their partition and the fp32 copy CPU Adam steps) 8, Adam m and v 8.
+Run it at two ``--layers`` values: the slope is the bytes per parameter, the intercept the fixed
+cost of a worker (Ray, torch, gloo, DeepSpeed's buffers).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class MemorySampler(threading.Thread):
         self.peak_uss: dict[int, int] = {}
         self.driver_peak = 0
         self.system_peak = 0
+        self.timeline: dict[int, list[tuple[float, int]]] = {}  # pid -> (seconds, rss)
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -63,6 +66,7 @@ class MemorySampler(threading.Thread):
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         continue
                     self.peak_rss[p.pid] = max(self.peak_rss.get(p.pid, 0), full.rss)
+                    self.timeline.setdefault(p.pid, []).append((time.monotonic(), full.rss))
                     self.peak_uss[p.pid] = max(self.peak_uss.get(p.pid, 0), full.uss)
             self.driver_peak = max(self.driver_peak, me.memory_info().rss)
             vm = psutil.virtual_memory()
@@ -102,6 +106,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--timeline", action="store_true", help="print one worker's RSS every 5 s")
     ap.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     args = ap.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -165,7 +170,9 @@ def main() -> None:
     gib = 2**30
     per_worker = sorted(sampler.peak_rss.values(), reverse=True)[: args.workers]
     uss = sorted(sampler.peak_uss.values(), reverse=True)[: args.workers]
-    fp32_model = n_params * (4 + 4 + 4 + 8) / args.workers  # params, grads, fp32 master, Adam m+v
+    # fp32 as DeepSpeed's ZeRO-3 + CPU Adam keeps it (measured in one process: 24.9 B/param):
+    # params 4 + fp32 master partition 4 + gradients twice (partition + fp32 copy for CPU Adam) 8 + Adam m, v 8
+    fp32_model = n_params * 24 / args.workers
     mixed_model = n_params * 16 / args.workers
     print()
     print(f"parameters                       {n_params:,}")
@@ -177,9 +184,16 @@ def main() -> None:
     print(f"driver peak RSS (incl. export)   {sampler.driver_peak / gib:.2f} GiB")
     print(f"machine peak used                {sampler.system_peak / gib:.2f} of {psutil.virtual_memory().total / gib:.1f} GiB")
     print(f"ZeRO model, mixed precision      16 B/param / {args.workers} = {mixed_model / gib:.2f} GiB per worker")
-    print(f"ZeRO model, fp32 (4+4+4+8)       20 B/param / {args.workers} = {fp32_model / gib:.2f} GiB per worker")
+    print(f"ZeRO model, fp32 as DeepSpeed    24 B/param / {args.workers} = {fp32_model / gib:.2f} GiB per worker")
     if per_worker:
         print(f"measured / fp32 model            {per_worker[0] / fp32_model:.2f}x")
+    if args.timeline:  # one worker's RSS over its life, every ~5 s
+        series = max(sampler.timeline.values(), key=len)
+        t0, last = series[0][0], -10.0
+        for t, r in series:
+            if t - last >= 5:
+                print(f"  t={t - t0:6.1f}s  rss {r / gib:.2f} GiB")
+                last = t
 
 
 if __name__ == "__main__":

@@ -267,10 +267,7 @@ def effective_family(model_cfg, folder: ModelFolder):
             f"which no fs_ray family trains ({owners})"
         )
     if "family" in model_cfg.model_fields_set and model_cfg.family != found.name:
-        if (
-            model_cfg.family in found.model_types
-            or folder.model_type in get_family(model_cfg.family).model_types
-        ):
+        if folder.model_type in get_family(model_cfg.family).model_types:
             return get_family(model_cfg.family)  # families sharing an architecture (wenzhong/yuyuan)
         raise PretrainedError(
             f"model.family={model_cfg.family} but model.from_pretrained {folder.path} is a "

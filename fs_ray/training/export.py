@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import shutil
-import tempfile
 
 import torch
 
@@ -97,13 +96,10 @@ def save_tokenizer(out_dir: str, tokenizer_json: str, special: dict, originals: 
     ``AutoTokenizer``) and, copied as they were, the files the model or vocabulary came with
     (``originals``: file name -> path; vocab.txt, spiece.model, merges.txt, tokenizer_config.json,
     ...), which slow-tokenizer loaders such as FengShen's own read."""
+    from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, layout.TOKENIZER_FILE)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(tokenizer_json)
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=path)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json))
     backend = tokenizer.backend_tokenizer
     names = {
         "pad": "pad_token",

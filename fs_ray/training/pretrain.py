@@ -25,7 +25,7 @@ from fs_ray.data import manifest as manifest_format
 from fs_ray.data.ingest import CorpusDataConfig, Position, PreparedCorpus, collate
 from fs_ray.families import get_family
 from fs_ray.objectives import get_objective
-from fs_ray.pretrained import ModelFolder, original_tokenizer_files
+from fs_ray.pretrained import original_tokenizer_files
 from fs_ray.run_configs import PretrainConfig
 from fs_ray.training import checkpoint as layout
 from fs_ray.training.engine import deepspeed_config, model_width, resolve_precision
@@ -44,8 +44,7 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
     except Exception as err:
         raise PretrainError(f"data.prepared_dir: {err}") from None
     notes: list[str] = []
-    if cfg.model.from_pretrained:
-        notes += check_pretrained(cfg, corpus, prepared)
+    folder = check_pretrained(cfg, corpus, prepared, notes) if cfg.model.from_pretrained else None
     objective = get_objective(cfg.model.objective_name)
     problem = objective.check(corpus.special_ids)
     if problem:
@@ -68,8 +67,8 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
         "storage_path": absolute(cfg.run.storage_path),
         "notes": notes,
         "width": model_width(
-            ModelFolder(pretrained_folder(cfg)).config
-            if cfg.model.from_pretrained
+            folder.config
+            if folder is not None
             else get_family(cfg.model.family).config(
                 cfg.model.preset,
                 int(corpus.manifest["tokenizer"]["vocab_size"]),
@@ -80,21 +79,15 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
         ),
         # the model's own tokenizer files when continuing one, else the corpus vocabulary's
         "tokenizer_originals": original_tokenizer_files(
-            (cfg.model.from_pretrained and pretrained_folder(cfg))
-            or corpus.manifest["tokenizer"].get("source", "")
+            folder.path if folder is not None else corpus.manifest["tokenizer"].get("source", "")
         ),
     }
 
 
-def pretrained_folder(cfg: PretrainConfig) -> str:
-    from fs_ray.pretrained import resolve
-
-    return resolve(cfg.model.from_pretrained)
-
-
-def check_pretrained(cfg: PretrainConfig, corpus: PreparedCorpus, prepared: str) -> list[str]:
+def check_pretrained(cfg: PretrainConfig, corpus: PreparedCorpus, prepared: str, notes: list[str]):
     """Continuing a released model: its family (set on ``cfg``), objective and tokenizer must fit
-    the corpus. Returns notes for the log; raises :class:`PretrainError` naming both sides."""
+    the corpus. Appends notes for the log; returns the (resolved, local) model folder; raises
+    :class:`PretrainError` naming both sides."""
     from fs_ray import pretrained
 
     try:
@@ -102,7 +95,6 @@ def check_pretrained(cfg: PretrainConfig, corpus: PreparedCorpus, prepared: str)
         family = pretrained.effective_family(cfg.model, folder)
     except pretrained.PretrainedError as err:
         raise PretrainError(f"model.from_pretrained: {err}") from None
-    notes = []
     if not storage.is_uri(cfg.model.from_pretrained) and os.path.isdir(
         resolve_path(cfg.model.from_pretrained)
     ):
@@ -122,7 +114,7 @@ def check_pretrained(cfg: PretrainConfig, corpus: PreparedCorpus, prepared: str)
         problem = pretrained.check_corpus_tokenizer(tokenizer_json, source, folder)
     if problem:
         raise PretrainError(f"model.from_pretrained: {problem}")
-    return notes
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------

@@ -39,7 +39,13 @@ def fields_help(model: type[Section], width: int = 100) -> str:
         lines.append(head)
         if description:
             lines.extend(
-                textwrap.wrap(description, width=width, initial_indent="      ", subsequent_indent="      ")
+                textwrap.wrap(
+                    description,
+                    width=width,
+                    initial_indent="      ",
+                    subsequent_indent="      ",
+                    break_on_hyphens=False,  # family names such as randeng-bart stay whole
+                )
             )
     return "\n".join(lines)
 

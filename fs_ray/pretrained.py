@@ -291,11 +291,10 @@ def check_auto_class(folder: ModelFolder, auto_class: str, what: str) -> str | N
 
 def check_corpus_tokenizer(corpus_tokenizer_json: str, corpus_source: str, folder: ModelFolder) -> str | None:
     """Why a corpus encoded with ``corpus_tokenizer_json`` cannot train the model in ``folder``."""
-    from tokenizers import Tokenizer
 
-    from fs_ray.data.tokenization import vocab_fingerprint
+    from fs_ray.data.tokenization import tokenizer_from_json, vocab_fingerprint
 
-    corpus_tok = Tokenizer.from_str(corpus_tokenizer_json)
+    corpus_tok = tokenizer_from_json(corpus_tokenizer_json)
     corpus_vocab = corpus_tok.get_vocab_size(with_added_tokens=True)
     fix = f"prepare the corpus with tokenizer.source={folder.path}"
     if folder.has_tokenizer:

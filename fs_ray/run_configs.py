@@ -211,6 +211,11 @@ class ModelSection(Section):
         None,
         description="Pretraining objective; default: the family's own (erlangshen mlm, wenzhong clm, ...).",
     )
+    objective_options: dict[str, float] = Field(
+        default_factory=dict,
+        description="Rates of the objective, e.g. {mask_ratio: 0.3, poisson_lambda: 3.0, permute_ratio: 1.0} "
+        "for bart, {gap_ratio: 0.3} for gsg, {noise_density: 0.15, mean_span: 3.0} for span.",
+    )
     from_pretrained: str | None = Field(
         None,
         description="Released or exported model to start from: a local Hugging Face folder, an object-store "
@@ -245,6 +250,11 @@ class ModelSection(Section):
             raise ValueError(
                 f"objective: {self.objective!r} is not a {self.family} objective ({', '.join(family.objectives)})"
             )
+        from fs_ray.objectives import get_objective
+
+        problem = get_objective(self.objective_name).check_options(self.objective_options)
+        if problem:
+            raise ValueError(f"objective_options: {problem}")
         return self
 
     @property

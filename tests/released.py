@@ -7,7 +7,7 @@ Each imitates what the hub folder holds: the architecture class and ``model_type
 (``vocab.txt`` only, ``vocab.json`` + ``merges.txt``, ``spiece.model`` with ``extra_ids: 0``). Shapes
 are tiny; vocabularies are the real BERT one or small ones trained here on the demo corpus.
 
-The BART/Pegasus, Zhouwenwang, Bigan and Taiyi issues add their layouts to :data:`LAYOUTS`.
+The Zhouwenwang, Bigan and Taiyi issues add their layouts to :data:`LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -140,6 +140,89 @@ def t5(out: Path, drop_architectures: bool = False) -> Path:
     return _save(untie_lm_head(MT5ForConditionalGeneration(config)), out, True, drop_architectures)
 
 
+def bart_spm(out: Path) -> Path:
+    """Randeng-BART-139M: BartForConditionalGeneration with a SentencePiece BPE model behind the
+    T5Tokenizer class (``extra_ids: 0``, ``<s>`` and ``<mask>`` as additional special tokens; <pad>
+    and <mask> appended after the pieces, added_tokens.json) and a tokenizer.json. Its config keeps
+    bart-base's ids (bos 0, pad 1, eos 2, decoder start 2) and more embedding rows than pieces."""
+    import sentencepiece as spm
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "_corpus.txt"
+    src.write_text("\n".join(_demo_lines()), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(src), model_prefix=str(out / "spiece"), vocab_size=3000, unk_id=0, bos_id=1, eos_id=2,
+        pad_id=-1, character_coverage=0.995, model_type="bpe", minloglevel=2, num_threads=1,
+    )  # fmt: skip
+    src.unlink()
+    (out / "spiece.vocab").unlink()
+    _write_json(
+        out / "tokenizer_config.json",
+        {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "extra_ids": 0,
+         "additional_special_tokens": ["<s>", "<mask>"], "sp_model_kwargs": {}, "tokenizer_class": "T5Tokenizer"},
+    )  # fmt: skip
+    _write_json(out / "added_tokens.json", {"<mask>": 3001, "<pad>": 3000})
+    _write_json(
+        out / "special_tokens_map.json",
+        {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "additional_special_tokens": ["<s>", "<mask>"]},
+    )  # fmt: skip
+    fast = AutoTokenizer.from_pretrained(str(out))
+    assert (fast.convert_tokens_to_ids("<pad>"), fast.convert_tokens_to_ids("<mask>")) == (3000, 3001)
+    fast.backend_tokenizer.save(str(out / "tokenizer.json"))
+    config = BartConfig(
+        vocab_size=3100, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256,
+        bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return _save(BartForConditionalGeneration(config), out, bin_weights=True)
+
+
+def bart_bert(out: Path) -> Path:
+    """Randeng-BART-759M-Chinese-BertTokenizer: the Chinese BERT vocab.txt (BertTokenizer), bos
+    [CLS], eos and decoder start [SEP], pad [PAD], 50265 embedding rows for 21128 tokens."""
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    out.mkdir(parents=True, exist_ok=True)
+    _bert_vocab(out)
+    _write_json(
+        out / "special_tokens_map.json",
+        {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]"},
+    )  # fmt: skip
+    _write_json(out / "tokenizer_config.json", {"do_lower_case": True, "tokenizer_class": "BertTokenizer"})
+    config = BartConfig(
+        vocab_size=21200, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256,
+        bos_token_id=101, pad_token_id=0, eos_token_id=102, decoder_start_token_id=102, forced_eos_token_id=102,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return _save(BartForConditionalGeneration(config), out, bin_weights=True)
+
+
+def pegasus(out: Path) -> Path:
+    """Randeng-Pegasus-238M-Chinese: PegasusForConditionalGeneration with FengShen's vocab.txt (BERT
+    lines whose [PAD]/[unused1-3] FengShen's PegasusTokenizer reads as <pad>, </s>, <mask_1>, <mask_2>,
+    then jieba words; here the shipped pegasus-chinese one), pad 0 = decoder start, eos 1."""
+    import shutil
+
+    from transformers import PegasusConfig, PegasusForConditionalGeneration
+
+    from fs_ray.assets import ASSETS_DIR
+
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ASSETS_DIR / "vocab" / "pegasus_chinese_vocab.txt", out / "vocab.txt")
+    _write_json(out / "tokenizer_config.json", {"tokenizer_class": "PegasusTokenizer", "do_lower_case": True})
+    vocab = len((out / "vocab.txt").read_text(encoding="utf-8").split("\n")) - 1
+    config = PegasusConfig(
+        vocab_size=vocab, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256,
+        pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, forced_eos_token_id=1, scale_embedding=True,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return _save(PegasusForConditionalGeneration(config), out, bin_weights=True)
+
+
 LAYOUTS = [
     Layout("Erlangshen-Roberta-110M", "erlangshen", "mlm", bert, "mlm", "head", ("vocab.txt",)),
     Layout(
@@ -202,6 +285,33 @@ LAYOUTS = [
         "span",
         None,
         ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
+    ),
+    Layout(
+        "Randeng-BART-139M",
+        "randeng-bart",
+        "seq2seq",
+        bart_spm,
+        "bart",
+        None,
+        ("spiece.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"),
+    ),
+    Layout(
+        "Randeng-BART-759M-Chinese-BertTokenizer",
+        "randeng-bart",
+        "seq2seq",
+        bart_bert,
+        "bart",
+        None,
+        ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"),
+    ),
+    Layout(
+        "Randeng-Pegasus-238M-Chinese",
+        "randeng-pegasus",
+        "seq2seq",
+        pegasus,
+        "gsg",
+        None,
+        ("vocab.txt", "tokenizer_config.json"),
     ),
 ]  # Yuyuan-GPT2-3.5B is Wenzhong's layout (GPT2LMHeadModel, the same BPE files)
 

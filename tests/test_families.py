@@ -50,6 +50,10 @@ def test_the_released_checkpoints_the_issue_names_are_presets():
         "Wenzhong-GPT2-3.5B",
         "Randeng-T5-77M",
         "Randeng-T5-784M",
+        "Randeng-BART-139M",
+        "Randeng-BART-759M-Chinese-BertTokenizer",
+        "Randeng-Pegasus-238M-Chinese",
+        "Randeng-Pegasus-523M-Chinese",
     ):
         assert f"IDEA-CCNL/{name}" in published, name
     # exact figures where the released config is known: Randeng-T5 (mT5 shapes, 32596 pieces, untied head)
@@ -86,6 +90,12 @@ def test_a_family_that_is_not_implemented_is_refused_naming_those_that_are():
         load_config(PretrainConfig, None, ["model.family=wenzhong", "model.preset=small"])
     with pytest.raises(ConfigError, match=r"'mlm' is not a randeng objective \(span\)"):
         load_config(PretrainConfig, None, ["model.family=randeng", "model.objective=mlm"])
+    with pytest.raises(ConfigError, match=r"poisson: not an option of objective bart \(its options: mask_ratio"):
+        load_config(PretrainConfig, None, ["model.family=randeng-bart", "model.objective_options={poisson: 3}"])
+    with pytest.raises(ConfigError, match=r"gap_ratio: a ratio between 0 and 1, got 1.5"):
+        load_config(PretrainConfig, None, ["model.family=randeng-pegasus", "model.objective_options={gap_ratio: 1.5}"])
+    cfg = load_config(PretrainConfig, None, ["model.family=randeng-bart", "model.objective_options={mask_ratio: 0.2}"])
+    assert OBJECTIVES["bart"].settings(cfg.model.objective_options)["mask_ratio"] == 0.2
     with pytest.raises(ConfigError, match=r"'lora' is not a fine-tuning method \(head, unimc"):
         load_config(FinetuneConfig, None, ["methods=[lora]"])
     # a preset is not checked against a folder that brings its own shape
@@ -109,6 +119,8 @@ def test_model_types_map_back_to_their_family():
     assert family_for_model_type("megatron-bert").name == "erlangshen"
     assert family_for_model_type("mt5").name == "randeng"
     assert family_for_model_type("gpt2").name == "wenzhong"  # the first family that claims it
+    assert family_for_model_type("bart").name == "randeng-bart"
+    assert family_for_model_type("pegasus").name == "randeng-pegasus"
     assert family_for_model_type("clip") is None
 
 

@@ -1,4 +1,5 @@
-"""Pretraining objectives as pure batch transforms: whole-word masking, causal LM, span corruption."""
+"""Pretraining objectives as pure batch transforms: whole-word masking, causal LM, span corruption,
+BART text infilling with sentence permutation, Pegasus gap sentences."""
 
 from __future__ import annotations
 
@@ -11,8 +12,12 @@ from fs_ray.objectives.masking import (
     MaskingIds,
     causal_lm,
     expected_span_lengths,
+    gap_sentences,
+    infill_mask,
     noise_mask,
+    rouge1_against_rest,
     span_corruption,
+    text_infilling,
     whole_word_mask,
 )
 
@@ -165,3 +170,166 @@ def test_a_waiting_run_gets_past_a_lock_that_goes_stale_while_it_waits(tmp_path,
     FileBaton(os.path.join(build, "lock"), wait_seconds=0.05).wait()  # what torch's loader blocks in
     stop.set()
     assert 0.8 < time.monotonic() - start < 30
+
+
+# ---- BART -------------------------------------------------------------------------------------
+STOP, BANG = 511, 8013  # 。 and ！ in the Chinese BERT vocabulary
+ENDS = (STOP, BANG)
+
+
+def documents(rows=32, seed=0, docs=3):
+    """Packed rows [CLS] d1 [SEP] d2 [SEP] d3: sentences of 2-9 tokens ending in 。 or ！; the last
+    document runs to the end of the row without a [SEP] (as a fixed-length cut leaves it)."""
+    g = np.random.default_rng(seed)
+    out = []
+    for _ in range(rows):
+        row = [CLS]
+        for d in range(docs):
+            for _ in range(int(g.integers(1, 6))):
+                row += [*g.integers(1000, 20000, size=int(g.integers(1, 9))).tolist(), int(g.choice(ENDS))]
+            if d < docs - 1:
+                row.append(SEP)
+        out.append(row)
+    width = max(map(len, out))
+    ids = torch.full((rows, width), PAD)
+    attn = torch.zeros((rows, width), dtype=torch.long)
+    for i, r in enumerate(out):
+        ids[i, : len(r)] = torch.tensor(r)
+        attn[i, : len(r)] = 1
+    return ids, attn
+
+
+def bart(ids, attn, seed=0, **rates):
+    return text_infilling(
+        ids, attn, MASK, (CLS, SEP, PAD), ENDS, SEP, PAD, torch.Generator().manual_seed(seed), **rates
+    )
+
+
+def real(ids, attn, b):
+    return [t for t, m in zip(ids[b].tolist(), attn[b].tolist(), strict=True) if m]
+
+
+def sentences(row):
+    """[[doc 1's sentences], [doc 2's], ...] of a packed row (tuples, each ending in 。/！ or the doc)."""
+    docs, doc, cur = [], [], []
+    for t in row[1:]:
+        if t == SEP:
+            docs.append(doc + ([tuple(cur)] if cur else []))
+            doc, cur = [], []
+            continue
+        cur.append(t)
+        if t in ENDS:
+            doc.append(tuple(cur))
+            cur = []
+    docs.append(doc + ([tuple(cur)] if cur else []))
+    return docs
+
+
+@pytest.mark.parametrize(("ratio", "lam"), [(0.3, 3.0), (0.15, 2.0)])
+def test_infill_spans_cover_the_configured_share_and_skip_protected_tokens(ratio, lam):
+    rng = np.random.default_rng(0)
+    spans, inserts = [], 0
+    for _ in range(200):
+        maskable = np.ones(256, dtype=bool)
+        maskable[[0, 80, 170]] = False  # [CLS] and two document ends
+        masked, insert = infill_mask(maskable, ratio, lam, rng)
+        assert not (masked & ~maskable).any() and not (insert & masked).any()
+        assert masked.sum() == round(maskable.sum() * ratio)  # exactly the share: spans never overlap
+        inserts += insert.sum()
+        starts = masked & ~np.concatenate([[False], masked[:-1]])
+        ends = masked & ~np.concatenate([masked[1:], [False]])
+        spans += (np.flatnonzero(ends) - np.flatnonzero(starts) + 1).tolist()
+    # runs are the drawn Poisson lengths (mean lam / (1 - e^-lam) without the zeros), a few cut by [SEP]
+    assert lam * 0.9 < np.mean(spans) < lam / (1 - np.exp(-lam)) + 0.2
+    # zero-length spans (Poisson P(0) = e^-lam of the spans) insert a mask instead
+    assert inserts > 0.4 * np.exp(-lam) * len(spans)
+
+
+def test_text_infilling_collapses_each_span_into_one_mask_and_targets_the_original():
+    ids, attn = documents()
+    out = bart(ids, attn, permute_ratio=0.0)
+    masks = 0
+    for b in range(ids.shape[0]):
+        original = real(ids, attn, b)
+        inp = out["input_ids"][b, : int(out["attention_mask"][b].sum())].tolist()
+        assert [t for t in out["labels"][b].tolist() if t != IGNORE_INDEX] == original
+        # every mask stands for a run of zero or more original tokens; the rest is the original
+        import re
+
+        pattern = "".join(r"(?:\d+,)*?" if t == MASK else f"{t}," for t in inp)
+        assert re.fullmatch(pattern, "".join(f"{t}," for t in original)), b
+        assert [t for t in inp if t in (CLS, SEP)] == [t for t in original if t in (CLS, SEP)]
+        masks += inp.count(MASK)
+        assert len(inp) < len(original)
+    assert masks > ids.shape[0]
+
+
+def test_sentence_permutation_shuffles_within_each_document_only():
+    ids, attn = documents()
+    out = bart(ids, attn, mask_ratio=0.0, permute_ratio=1.0)
+    moved = 0
+    for b in range(ids.shape[0]):
+        original = real(ids, attn, b)
+        inp = out["input_ids"][b, : int(out["attention_mask"][b].sum())].tolist()
+        assert inp[0] == CLS and [i for i, t in enumerate(inp) if t == SEP] == [
+            i for i, t in enumerate(original) if t == SEP
+        ]
+        before, after = sentences(original), sentences(inp)
+        assert [sorted(d) for d in after] == [sorted(d) for d in before]  # same sentences, same documents
+        moved += after != before
+    assert moved > ids.shape[0] // 2
+
+
+def test_bart_noise_is_reproducible_from_the_generator_seed():
+    ids, attn = documents(rows=8)
+    a, b, c = bart(ids, attn, seed=5), bart(ids, attn, seed=5), bart(ids, attn, seed=6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["input_ids"], c["input_ids"])
+
+
+# ---- Pegasus ----------------------------------------------------------------------------------
+def test_rouge1_against_the_rest_matches_a_hand_computed_case():
+    # s0 = 1 2 3, s1 = 1 2, s2 = 4
+    tokens = np.array([1, 2, 3, 1, 2, 4])
+    sid = np.array([0, 0, 0, 1, 1, 2])
+    # s0 vs 1 2 4: overlap 2, P 2/3, R 2/3; s1 vs 1 2 3 4: overlap 2, P 1, R 1/2 -> F 2/3; s2: none
+    assert rouge1_against_rest(tokens, sid) == pytest.approx([2 / 3, 2 / 3, 0.0])
+
+
+GAP, EOS = 7, 8
+
+
+def test_gap_sentences_mask_the_most_central_sentences_and_target_them_in_order():
+    a, b, c, d = [1, 2, 3, STOP], [1, 2, BANG], [9, 9, 9, 9, STOP], [3, 2, 1, STOP]
+    e, f = [4, 5, STOP], [4, 5, 6, STOP]
+    lone = [6, 6, STOP]
+    row = [CLS, *a, *b, *c, *d, SEP, *e, *f, SEP, *lone, SEP]
+    ids = torch.tensor([row])
+    out = gap_sentences(ids, torch.ones_like(ids), GAP, (CLS,), ENDS, SEP, PAD, eos_id=EOS, gap_ratio=0.3)
+    # doc 1: 4 sentences -> round(1.2) = 1 gap: a and d tie (4 shared tokens); the first wins.
+    # doc 2: 2 sentences -> 1 gap; e and f tie, e first. A one-sentence document keeps its text.
+    assert out["input_ids"][0].tolist() == [GAP, *b, *c, *d, SEP, GAP, *f, SEP, *lone, SEP]
+    assert out["labels"][0].tolist() == [*a, *e, EOS]
+    out = gap_sentences(ids, torch.ones_like(ids), GAP, (CLS,), ENDS, SEP, PAD, eos_id=EOS, gap_ratio=0.5)
+    # half of 4 sentences: a and d go, each behind its own mask
+    assert out["input_ids"][0].tolist() == [GAP, *b, *c, GAP, SEP, GAP, *f, SEP, *lone, SEP]
+    assert out["labels"][0].tolist() == [*a, *d, *e, EOS]
+
+
+def test_gap_sentences_rate_and_round_trip_on_many_documents():
+    ids, attn = documents(rows=32, seed=1)
+    out = gap_sentences(ids, attn, GAP, (CLS,), ENDS, SEP, PAD, eos_id=EOS, gap_ratio=0.3)
+    picked = total = 0
+    for b in range(ids.shape[0]):
+        original = real(ids, attn, b)[1:]
+        inp = out["input_ids"][b, : int(out["attention_mask"][b].sum())].tolist()
+        tgt = [t for t in out["labels"][b].tolist() if t != IGNORE_INDEX]
+        assert tgt[-1] == EOS
+        # filling each gap with the next target sentence rebuilds the original
+        gaps = [s for doc in sentences([CLS, *tgt[:-1]]) for s in doc]
+        rebuilt = [x for t in inp for x in (gaps.pop(0) if t == GAP else (t,))]
+        assert rebuilt == original and not gaps
+        for doc in sentences([CLS, *original]):
+            total += len(doc) if len(doc) > 1 else 0
+        picked += inp.count(GAP)
+    assert 0.25 < picked / total < 0.45

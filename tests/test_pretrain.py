@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,12 +23,16 @@ from .faults import WorkerKiller
 
 @pytest.fixture(scope="module")
 def corpora(ray_local, tmp_path_factory):
-    """Two tiny prepared corpora: WordPiece with jieba starts, and the sentinel vocabulary."""
+    """Tiny prepared corpora: WordPiece with jieba starts, the sentinel vocabulary, Pegasus's jieba words."""
     root = tmp_path_factory.mktemp("pretrain")
     src = root / "docs.txt"
     src.write_text("\n".join(DEMO_CORPUS.read_text(encoding="utf-8").split("\n")[:300]), encoding="utf-8")
     out = {}
-    for name, vocab in (("wwm", "bert-chinese"), ("t5", "bert-chinese-sentinels")):
+    for name, vocab in (
+        ("wwm", "bert-chinese"),
+        ("t5", "bert-chinese-sentinels"),
+        ("pegasus", "pegasus-chinese"),
+    ):
         cfg = load_config(
             PrepareConfig,
             None,
@@ -186,10 +191,17 @@ def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_p
 
 @pytest.mark.parametrize(
     ("family", "corpus", "zero"),
-    [("wenzhong", "wwm", 2), ("randeng", "t5", 3)],
+    [
+        ("wenzhong", "wwm", 2),
+        ("randeng", "t5", 3),
+        ("randeng-bart", "wwm", 1),
+        ("randeng-pegasus", "pegasus", 2),
+    ],
 )
 def test_other_objectives_train_and_export(corpora, tmp_path, family, corpus, zero):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    from fs_ray.data.tokenization import load_tokenizer
 
     cfg = run_cfg(
         tmp_path,
@@ -212,6 +224,15 @@ def test_other_objectives_train_and_export(corpora, tmp_path, family, corpus, ze
     ]
     assert losses[-1] < losses[0], f"{family} loss did not go down: {losses}"
     assert model.num_parameters() > 0
+    info = json.loads((tmp_path / "runs" / family / "export" / "fs_ray_export.json").read_text())
+    assert info["verified_max_abs_logit_diff"] < 1e-4  # the export reproduces the workers' logits
+    # the export tokenizes as the corpus did (for Pegasus: jieba words, restored from the folder)
+    text = "我们喜欢北京的东西。"
+    manifest = json.loads((Path(corpora[corpus]) / "manifest.json").read_text(encoding="utf-8"))
+    corpus_tok = load_tokenizer(manifest["tokenizer"]["source"])
+    assert load_tokenizer(summary["export"]).encode(text, add_special_tokens=False).ids == corpus_tok.encode(
+        text, add_special_tokens=False
+    ).ids
 
 
 @pytest.mark.parametrize("zero", [0, 2, 3])

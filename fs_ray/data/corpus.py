@@ -37,7 +37,14 @@ from fs_ray import storage
 from fs_ray.assets import resolve_path
 from fs_ray.config import write_resolved
 from fs_ray.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, ROW_GROUP_ROWS, SHARDS_SUBDIR, TOKENIZER_FILE
-from fs_ray.data.tokenization import SpecialIds, WordSegmenter, load_tokenizer, special_ids, vocab_fingerprint
+from fs_ray.data.tokenization import (
+    SpecialIds,
+    WordSegmenter,
+    load_tokenizer,
+    special_ids,
+    tokenizer_json,
+    vocab_fingerprint,
+)
 from fs_ray.run_configs import CleanSection, PackSection, PrepareConfig
 
 BAD_REASONS = ("invalid_utf8", "binary", "malformed_json", "missing_field", "bad_field_type")
@@ -666,7 +673,7 @@ def prepare(cfg: PrepareConfig, log=print) -> dict[str, Any]:
     manifest = build_manifest(
         cfg, out, shards_dir, tok, ids, dtype, counts, snap["first_bad"], files, elapsed, snap["bad_by_file"]
     )
-    storage.write_text(storage.join(out, TOKENIZER_FILE), tok.to_str())
+    storage.write_text(storage.join(out, TOKENIZER_FILE), tokenizer_json(tok))
 
     write_resolved(cfg, out)
     storage.write_text(manifest_path, json.dumps(manifest, indent=2, ensure_ascii=False))

@@ -8,11 +8,19 @@ below, a YAML under ``jobs/configs/`` and its tests.
 
 from __future__ import annotations
 
-from fs_ray.families import erlangshen, randeng, wenzhong, yuyuan
+from fs_ray.families import erlangshen, randeng, randeng_bart, randeng_pegasus, wenzhong, yuyuan
 from fs_ray.families.base import Family, Preset
 
 FAMILIES: dict[str, Family] = {
-    f.name: f for f in (erlangshen.FAMILY, wenzhong.FAMILY, yuyuan.FAMILY, randeng.FAMILY)
+    f.name: f
+    for f in (
+        erlangshen.FAMILY,
+        wenzhong.FAMILY,
+        yuyuan.FAMILY,
+        randeng.FAMILY,
+        randeng_bart.FAMILY,
+        randeng_pegasus.FAMILY,
+    )
 }
 
 DEFAULT_FAMILY = "erlangshen"  # what a config that names no family trains

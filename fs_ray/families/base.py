@@ -9,7 +9,7 @@ own registries (:mod:`fs_ray.objectives`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -42,6 +42,11 @@ class Family:
     # (tokenizer folder, tokenizers.Tokenizer) -> sentinel ids of a released layout whose vocabulary
     # has no literal <extra_id_N> tokens (empty when the folder is not such a layout)
     sentinels: Callable[[str, Any], tuple[int, ...]] | None = None
+    # tokenizer.source names the family brings (name -> () -> tokenizers.Tokenizer)
+    tokenizers: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    # folder -> its tokenizer, for released layouts that tokenizer.json / vocab.txt alone would
+    # misread (None: not such a folder)
+    folder_tokenizer: Callable[[str], Any] | None = None
 
     @property
     def default_objective(self) -> str:

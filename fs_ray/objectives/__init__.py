@@ -1,6 +1,6 @@
 """Pretraining objectives and fine-tuning methods, each an object in one table.
 
-- :data:`OBJECTIVES` (``mlm``, ``clm``, ``span``): :mod:`fs_ray.objectives.pretraining`, built on
+- :data:`OBJECTIVES` (``mlm``, ``clm``, ``span``, ``bart``, ``gsg``): :mod:`fs_ray.objectives.pretraining`, built on
   the pure batch transforms of :mod:`fs_ray.objectives.masking`.
 - :data:`METHODS` (``head``, ``unimc``, ``unimc_zero``, ``tfidf``): :mod:`fs_ray.objectives.methods`.
 
@@ -10,9 +10,18 @@ A family (:mod:`fs_ray.families`) names the objectives and methods it supports f
 from __future__ import annotations
 
 from fs_ray.objectives.methods import METHODS, Method
-from fs_ray.objectives.pretraining import CausalLM, Objective, SpanCorruption, WholeWordMLM
+from fs_ray.objectives.pretraining import (
+    CausalLM,
+    GapSentences,
+    Objective,
+    SpanCorruption,
+    TextInfilling,
+    WholeWordMLM,
+)
 
-OBJECTIVES: dict[str, Objective] = {o.name: o for o in (WholeWordMLM(), CausalLM(), SpanCorruption())}
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o for o in (WholeWordMLM(), CausalLM(), SpanCorruption(), TextInfilling(), GapSentences())
+}
 
 __all__ = ["METHODS", "OBJECTIVES", "Method", "Objective", "get_method", "get_objective"]
 

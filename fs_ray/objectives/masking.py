@@ -192,3 +192,191 @@ def expected_span_lengths(seq_len: int, noise_density: float, mean_span: float) 
     """(input length, target length) a fully packed row of ``seq_len`` tokens corrupts into."""
     num_noise, num_spans = span_lengths(seq_len, noise_density, mean_span)
     return seq_len - num_noise + num_spans + 1, num_noise + num_spans + 1
+
+
+# ----------------------------------------------------------------------------------------------
+# BART text infilling + sentence permutation, Pegasus gap sentences
+# ----------------------------------------------------------------------------------------------
+def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """The real (unpadded) tokens of each row, as int64 numpy arrays."""
+    for row, mask in zip(input_ids.cpu().numpy(), attention_mask.cpu().numpy(), strict=True):
+        yield row[mask.astype(bool)].astype(np.int64)
+
+
+def _rng(generator: torch.Generator) -> np.random.Generator:
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
+def sentence_ids(tokens: np.ndarray, ends: np.ndarray, fixed: np.ndarray) -> np.ndarray:
+    """Sentence number of each token: a sentence ends after a sentence-end token; every ``fixed``
+    token ([CLS], a document end) is a sentence of its own."""
+    boundary = np.zeros(len(tokens), dtype=bool)
+    boundary[1:] = np.isin(tokens[:-1], ends) | fixed[:-1] | fixed[1:]
+    return np.cumsum(boundary)
+
+
+def permute_sentences(
+    tokens: np.ndarray, ends: np.ndarray, doc_end: int | None, fixed: np.ndarray, ratio: float, rng
+) -> np.ndarray:
+    """BART's sentence permutation within each document of a packed row: ``ratio`` of the
+    sentences (all at 1.0) trade places at random; fixed tokens ([CLS], document ends) stay put."""
+    if ratio <= 0 or len(tokens) < 2:
+        return tokens
+    sid = sentence_ids(tokens, ends, fixed)
+    n = int(sid[-1]) + 1
+    order = np.arange(n, dtype=np.float64)
+    k = int(np.ceil(n * ratio))
+    chosen = np.sort(rng.choice(n, size=k, replace=False))
+    order[chosen] = chosen[rng.permutation(k)]
+    doc = np.cumsum(tokens == doc_end) - (tokens == doc_end) if doc_end is not None else np.zeros(len(tokens))
+    key = order[sid]
+    key[fixed & (tokens == doc_end)] = np.inf  # a document's end stays at its end
+    key[fixed & (tokens != doc_end)] = -np.inf  # [CLS] stays at the start
+    return tokens[np.lexsort((np.arange(len(tokens)), key, doc))]
+
+
+def infill_mask(
+    maskable: np.ndarray, mask_ratio: float, poisson_lambda: float, rng
+) -> tuple[np.ndarray, np.ndarray]:
+    """(masked, insert_before): BART text infilling's choice of spans over one row.
+
+    Span lengths are Poisson(``poisson_lambda``), drawn until they cover ``mask_ratio`` of the
+    maskable tokens (the last one trimmed). The spans are laid out at random over the maskable
+    tokens without overlapping or touching, so the share masked is exactly the ratio (rounded); a
+    span that meets a token which may not be masked ([SEP]) continues after it. A zero-length span
+    inserts one mask token before a random unmasked position instead."""
+    n = len(maskable)
+    candidates = np.flatnonzero(maskable)
+    m = len(candidates)
+    masked, insert = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    target = round(m * mask_ratio)
+    if target == 0:
+        return masked, insert
+    lengths = rng.poisson(poisson_lambda, size=max(8, int(2 * target / max(poisson_lambda, 0.5)) + 8))
+    while lengths.sum() < target:  # rare: too many zeros drawn
+        lengths = np.concatenate([lengths, rng.poisson(poisson_lambda, size=len(lengths))])
+    total = np.cumsum(lengths)
+    last = int(np.searchsorted(total, target))  # the span that reaches the target
+    lengths = lengths[: last + 1].copy()
+    lengths[-1] -= int(total[last] - target)
+    zeros, lengths = int((lengths == 0).sum()), lengths[lengths > 0]
+    while len(lengths) > 1 and m - target < len(lengths) - 1:  # no room to keep them apart: merge two
+        lengths = np.concatenate([[lengths[0] + lengths[1]], lengths[2:]])
+    k = len(lengths)
+    extra = m - target - (k - 1)  # free positions once each pair of spans has one token between them
+    bars = np.sort(rng.choice(extra + k, size=k, replace=False))
+    gaps = np.diff(np.concatenate([[-1], bars, [extra + k]])) - 1  # k + 1 parts summing to ``extra``
+    gaps[1:k] += 1
+    starts = np.cumsum(gaps[:k]) + np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    offsets = np.arange(target) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    masked[candidates[np.repeat(starts, lengths) + offsets]] = True
+    free = candidates[~masked[candidates]]
+    if zeros and len(free):
+        insert[rng.choice(free, size=min(zeros, len(free)), replace=False)] = True
+    return masked, insert
+
+
+def text_infilling(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    mask_id: int,
+    protected: tuple[int, ...],
+    sentence_ends: tuple[int, ...],
+    doc_end: int | None,
+    pad_id: int,
+    generator: torch.Generator,
+    mask_ratio: float = 0.3,
+    poisson_lambda: float = 3.0,
+    permute_ratio: float = 1.0,
+) -> dict[str, torch.Tensor]:
+    """BART denoising -> ``input_ids``, ``attention_mask``, ``labels`` (the original row; pad -100).
+
+    First the sentences of each document are permuted (:func:`permute_sentences`), then spans are
+    masked (:func:`infill_mask`): each run of masked tokens becomes one ``mask_id``. ``protected``
+    tokens ([CLS], [SEP], </s>) are never masked and never move."""
+    rng = _rng(generator)
+    prot = np.asarray(protected, dtype=np.int64)
+    ends = np.asarray(sentence_ends, dtype=np.int64)
+    inputs, targets = [], []
+    for tokens in _rows(input_ids, attention_mask):
+        fixed = np.isin(tokens, prot)
+        shuffled = permute_sentences(tokens, ends, doc_end, fixed, permute_ratio, rng)
+        masked, insert = infill_mask(~fixed, mask_ratio, poisson_lambda, rng)
+        run_start = masked & ~np.concatenate([[False], masked[:-1]])
+        keep = ~masked | run_start
+        out = np.where(run_start, mask_id, shuffled)[keep]
+        where = np.cumsum(keep) - keep  # position in ``out`` of each original token
+        out = np.insert(out, where[insert], mask_id)[: max(len(tokens), 1)]
+        inputs.append(out)
+        targets.append(tokens)
+    return {
+        "input_ids": _pad(inputs, pad_id),
+        "attention_mask": _pad([np.ones(len(x), dtype=np.int64) for x in inputs], 0),
+        "labels": _pad(targets, IGNORE_INDEX),
+    }
+
+
+def rouge1_against_rest(tokens: np.ndarray, sid: np.ndarray) -> np.ndarray:
+    """ROUGE-1 F of each sentence against the rest of its document (token unigrams; Pegasus's
+    independent "Ind-Orig" scoring), for sentences numbered 0..m-1 by ``sid``."""
+    m = int(sid.max()) + 1
+    _, word = np.unique(tokens, return_inverse=True)
+    v = int(word.max()) + 1
+    counts = np.bincount(sid * v + word, minlength=m * v).reshape(m, v)
+    rest = counts.sum(0, keepdims=True) - counts
+    overlap = np.minimum(counts, rest).sum(1).astype(np.float64)
+    size, rest_size = counts.sum(1), rest.sum(1)
+    p = np.divide(overlap, size, out=np.zeros(m), where=size > 0)
+    r = np.divide(overlap, rest_size, out=np.zeros(m), where=rest_size > 0)
+    return np.divide(2 * p * r, p + r, out=np.zeros(m), where=(p + r) > 0)
+
+
+def gap_sentences(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    sentence_mask: int,
+    drop_ids: tuple[int, ...],
+    sentence_ends: tuple[int, ...],
+    doc_end: int,
+    pad_id: int,
+    eos_id: int | None = None,
+    gap_ratio: float = 0.3,
+) -> dict[str, torch.Tensor]:
+    """Pegasus gap-sentence generation -> ``input_ids``, ``attention_mask``, ``labels``.
+
+    Per document of a packed row (documents end at ``doc_end``; ``drop_ids`` such as [CLS] are
+    removed first), each sentence is scored by :func:`rouge1_against_rest`; the top ``gap_ratio``
+    of them (at least one where a document has two or more) are each replaced by ``sentence_mask``
+    in the input, and the target is the picked sentences in document order, then ``eos_id``
+    (default ``doc_end``).
+    Deterministic: the choice depends on the text only, as in Pegasus."""
+    ends = np.asarray(sentence_ends, dtype=np.int64)
+    drop = np.asarray(drop_ids, dtype=np.int64)
+    inputs, targets = [], []
+    for tokens in _rows(input_ids, attention_mask):
+        tokens = tokens[~np.isin(tokens, drop)] if len(drop) else tokens
+        is_end = tokens == doc_end
+        sid = sentence_ids(tokens, ends, is_end)
+        doc = np.cumsum(is_end) - is_end
+        gap = np.zeros(len(tokens), dtype=bool)
+        for d in np.unique(doc):
+            inside = (doc == d) & ~is_end
+            if not inside.any():
+                continue
+            local = sid[inside] - sid[inside].min()
+            m = int(local.max()) + 1
+            if m < 2:
+                continue
+            scores = rouge1_against_rest(tokens[inside], local)
+            k = max(1, round(m * gap_ratio))
+            picked = np.zeros(m, dtype=bool)
+            picked[np.argsort(-scores, kind="stable")[:k]] = True
+            gap[np.flatnonzero(inside)[picked[local]]] = True
+        first = gap & np.concatenate([[True], sid[1:] != sid[:-1]])
+        inputs.append(np.where(first, sentence_mask, tokens)[~gap | first])
+        targets.append(np.append(tokens[gap], doc_end if eos_id is None else eos_id))
+    return {
+        "input_ids": _pad(inputs, pad_id),
+        "attention_mask": _pad([np.ones(len(x), dtype=np.int64) for x in inputs], 0),
+        "labels": _pad(targets, IGNORE_INDEX),
+    }

@@ -7,7 +7,7 @@ The transforms themselves are pure functions in :mod:`fs_ray.objectives.masking`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Objective:
@@ -17,15 +17,34 @@ class Objective:
     summary: str
     auto_class: str  # the transformers Auto class that builds, exports and loads the model
     probe_keys: tuple[str, ...] = ("input_ids", "attention_mask")
+    # rates a config may set under ``model.objective_options`` (name -> default)
+    options: ClassVar[dict[str, float]] = {}
+
+    def check_options(self, given: dict[str, Any]) -> str | None:
+        """Why ``model.objective_options`` does not fit this objective (None: it does)."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            return f"{', '.join(unknown)}: not an option of objective {self.name} (its options: {known})"
+        for key, value in given.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+                return f"{key}: must be a non-negative number, got {value!r}"
+            if key.endswith("ratio") and value > 1:
+                return f"{key}: a ratio between 0 and 1, got {value!r}"
+        return None
+
+    def settings(self, given: dict[str, Any] | None) -> dict[str, float]:
+        return {**self.options, **(given or {})}
 
     def check(self, special: dict[str, Any]) -> str | None:
         """Why a corpus prepared with these special ids cannot feed this objective (None: it can)."""
         return None
 
     def inputs(
-        self, batch: dict[str, Any], special: dict[str, Any], vocab_size: int, gen: Any
+        self, batch: dict[str, Any], special: dict[str, Any], vocab_size: int, gen: Any, options=None
     ) -> dict[str, Any]:
-        """The model inputs (labels included) for one micro-batch; ``gen`` seeds its randomness."""
+        """The model inputs (labels included) for one micro-batch; ``gen`` seeds its randomness,
+        ``options`` overrides :attr:`options`."""
         raise NotImplementedError
 
     def wrap(self, model):
@@ -45,7 +64,7 @@ class WholeWordMLM(Objective):
             return "whole-word MLM needs a [MASK] token, which the corpus vocabulary lacks"
         return None
 
-    def inputs(self, batch, special, vocab_size, gen):
+    def inputs(self, batch, special, vocab_size, gen, options=None):
         import torch
 
         from fs_ray.objectives import masking
@@ -76,7 +95,7 @@ class CausalLM(Objective):
     summary = "next-token prediction, padding ignored"
     auto_class = "AutoModelForCausalLM"
 
-    def inputs(self, batch, special, vocab_size, gen):
+    def inputs(self, batch, special, vocab_size, gen, options=None):
         from fs_ray.objectives import masking
 
         inp, labels = masking.causal_lm(batch["input_ids"], batch["attention_mask"])
@@ -88,6 +107,7 @@ class SpanCorruption(Objective):
     summary = "T5 span corruption with sentinels (15% noise, mean span 3)"
     auto_class = "AutoModelForSeq2SeqLM"
     probe_keys = ("input_ids", "attention_mask", "labels")
+    options: ClassVar[dict[str, float]] = {"noise_density": 0.15, "mean_span": 3.0}
 
     def check(self, special):
         from fs_ray.data.tokenization import sentinel_list
@@ -103,7 +123,7 @@ class SpanCorruption(Objective):
             return "span corruption needs an end-of-text token ([SEP] or </s>) in the vocabulary"
         return None
 
-    def inputs(self, batch, special, vocab_size, gen):
+    def inputs(self, batch, special, vocab_size, gen, options=None):
         from fs_ray.objectives import masking
 
         eos = special["sep"] if special.get("sep") is not None else special["eos"]
@@ -118,4 +138,78 @@ class SpanCorruption(Objective):
             pad_id=special.get("pad") or 0,
             generator=gen,
             drop_ids=drop,
+            **self.settings(options),
+        )
+
+
+def _sentence_ends_missing(special) -> str | None:
+    if "sentence_ends" not in special:
+        return "the corpus was prepared before sentence ends were recorded: prepare it again"
+    if not special["sentence_ends"]:
+        return "the vocabulary has none of 。！？!? as a token, so no sentence can be found"
+    return None
+
+
+class TextInfilling(Objective):
+    name = "bart"
+    summary = "BART text infilling (Poisson-3 spans over 30% of tokens, one mask each) + sentence permutation"
+    auto_class = "AutoModelForSeq2SeqLM"
+    probe_keys = ("input_ids", "attention_mask", "labels")
+    options: ClassVar[dict[str, float]] = {"mask_ratio": 0.3, "poisson_lambda": 3.0, "permute_ratio": 1.0}
+
+    def check(self, special):
+        if special.get("mask") is None:
+            return "text infilling needs a mask token ([MASK] or <mask>), which the corpus vocabulary lacks"
+        return _sentence_ends_missing(special)
+
+    def inputs(self, batch, special, vocab_size, gen, options=None):
+        from fs_ray.objectives import masking
+
+        doc_end = special["sep"] if special.get("sep") is not None else special.get("eos")
+        protected = tuple(i for i in (special.get("cls"), doc_end, special.get("pad")) if i is not None)
+        return masking.text_infilling(
+            batch["input_ids"],
+            batch["attention_mask"],
+            mask_id=special["mask"],
+            protected=protected,
+            sentence_ends=tuple(special["sentence_ends"]),
+            doc_end=doc_end,
+            pad_id=special.get("pad") or 0,
+            generator=gen,
+            **self.settings(options),
+        )
+
+
+class GapSentences(Objective):
+    name = "gsg"
+    summary = "Pegasus gap sentences: the top 30% by ROUGE-1 against the rest become <mask_1>, the target"
+    auto_class = "AutoModelForSeq2SeqLM"
+    probe_keys = ("input_ids", "attention_mask", "labels")
+    options: ClassVar[dict[str, float]] = {"gap_ratio": 0.3}
+
+    def check(self, special):
+        if special.get("sentence_mask") is None:
+            return (
+                "gap-sentence generation needs a sentence mask token (<mask_1>); prepare the corpus with "
+                "tokenizer.source=pegasus-chinese or a Randeng-Pegasus folder"
+            )
+        if special.get("sep") is None and special.get("eos") is None:
+            return "gap-sentence generation needs an end-of-text token (</s> or [SEP])"
+        return _sentence_ends_missing(special)
+
+    def inputs(self, batch, special, vocab_size, gen, options=None):
+        from fs_ray.objectives import masking
+
+        doc_end = special["sep"] if special.get("sep") is not None else special["eos"]  # as packed
+        drop = tuple(i for i in (special.get("cls"),) if i is not None)
+        return masking.gap_sentences(
+            batch["input_ids"],
+            batch["attention_mask"],
+            sentence_mask=special["sentence_mask"],
+            drop_ids=drop,
+            sentence_ends=tuple(special["sentence_ends"]),
+            doc_end=doc_end,
+            pad_id=special.get("pad") or 0,
+            eos_id=special["eos"] if special.get("eos") is not None else doc_end,
+            **self.settings(options),
         )

@@ -99,7 +99,7 @@ def save_tokenizer(out_dir: str, tokenizer_json: str, special: dict, originals: 
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json))  # jieba words: saved as marker + fallback
     backend = tokenizer.backend_tokenizer
     names = {
         "pad": "pad_token",

@@ -419,7 +419,7 @@ def run_neural(
     import ray
     from ray.train import DataConfig
 
-    from fs_ray.data.tokenization import special_ids
+    from fs_ray.data.tokenization import special_ids, tokenizer_json
     from fs_ray.pretrained import original_tokenizer_files, resolve
     from fs_ray.training.loop import fit
 
@@ -458,7 +458,7 @@ def run_neural(
         "dev_row_of": [int(r["row"]) for r in dev_rows],
         "dev_lengths": [len(ex.texts[0]) for ex in split.dev],
         "export": export,
-        "tokenizer_json": tokenizer.to_str(),
+        "tokenizer_json": tokenizer_json(tokenizer),
         "tokenizer_originals": original_tokenizer_files(
             resolve(cfg.model.from_pretrained) if cfg.model.from_pretrained else cfg.tokenizer.source
         ),

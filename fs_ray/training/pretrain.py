@@ -238,7 +238,7 @@ class PretrainWork:
         return it
 
     def inputs(self, batch, gen):
-        return self.objective.inputs(batch, self.special, self.vocab, gen)
+        return self.objective.inputs(batch, self.special, self.vocab, gen, self.cfg.model.objective_options)
 
     def checkpoint_due(self, step: int) -> bool:
         return step % self.cfg.checkpoint.every_n_steps == 0 or step == self.total_steps
@@ -256,6 +256,7 @@ class PretrainWork:
         return {
             "auto_class": self.objective.auto_class,
             "objective": self.objective.name,
+            "objective_options": self.objective.settings(self.cfg.model.objective_options),
             "family": self.cfg.model.family,
             "special_ids": self.special,
         }

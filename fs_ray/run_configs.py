@@ -381,6 +381,21 @@ class FinetuneOptim(OptimSection):
     eval_batch_size: PositiveInt = Field(64, description="Rows per worker per evaluation step.")
 
 
+class DecodingSection(Section):
+    """How generation tasks are decoded for evaluation (and the defaults of a served export)."""
+
+    num_beams: PositiveInt = Field(
+        1, le=16, description="Beam width (1: greedy, or sampling with do_sample)."
+    )
+    length_penalty: float = Field(1.0, description="Beam search: exponent on the length (>1 favours longer).")
+    no_repeat_ngram_size: NonNegInt = Field(0, description="Never repeat an n-gram of this size (0: off).")
+    do_sample: bool = Field(False, description="Sample instead of greedy/beam search.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_k: NonNegInt = Field(50, description="Sampling: keep the k likeliest tokens (0: all).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Sampling: nucleus mass kept.")
+    seed: int = Field(0, description="Sampling seed (the same seed, the same text).")
+
+
 class FinetuneCheckpoint(Section):
     every_n_epochs: PositiveInt = Field(
         1,
@@ -409,6 +424,9 @@ class FinetuneConfig(Section):
     task_specs: dict[str, Any] = Field(
         default_factory=dict,
         description="Extra tasks in a known shape: name -> TaskSpec fields (shape, path, text_fields, ...).",
+    )
+    decoding: DecodingSection = Field(
+        default_factory=DecodingSection, description="Generation tasks: how dev and test are decoded."
     )
     methods: list[str] = Field(
         default_factory=lambda: ["head", "tfidf"],

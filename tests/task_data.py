@@ -70,6 +70,16 @@ def _write_tasks(root: Path, n_single: int = 96, single_splits: tuple[str, ...] 
             lines.append(" ".join(chars) + "\t" + " ".join(tags))
         return lines
 
+    def generation(n: int) -> list[str]:
+        lines = []  # CSL's layout: `to title \t source \t target`, no header, one file
+        for _ in range(n):
+            city = rng.choice(CITIES)
+            lines.append(f"to title\t{_filler(rng, 8)}{city}{_filler(rng, 8)}\t{city}新闻")
+        return lines
+
+    (root / "sep_gen").mkdir()
+    (root / "sep_gen/title.tsv").write_text("\n".join(generation(160)) + "\n", encoding="utf-8")
+
     (root / "sep_tag").mkdir()
     (root / "sep_tag/train.tsv").write_text("\n".join(tagged(48)), encoding="utf-8")
     (root / "sep_tag/dev.tsv").write_text("\n".join(tagged(24)), encoding="utf-8")
@@ -83,4 +93,8 @@ SPECS = [
     "task_specs.sep_tag={shape: tagging, path: sep_tag, format: tsv, text_fields: [text_a], splits: [full], "
     "train_file: train.tsv, dev_file: dev.tsv, test_file: null, metric: entity_f1, "
     "labels: [O, B-PER, I-PER, B-LOC, I-LOC, B-ORG, I-ORG]}",
+    # generation in CSL's layout: the city in the source is the title's first two characters
+    "task_specs.sep_gen={shape: generation, path: sep_gen, format: tsv, columns: [prefix, text, target], "
+    "text_fields: [text], label_field: target, splits: [full], train_file: title.tsv, dev_file: title.tsv, "
+    "test_file: null, holdout: 40, holdout_seed: 1, prompt: '{text}。标题：', max_target_len: 8}",
 ]

@@ -11,6 +11,10 @@ carries ``row``, the index of its example, so predictions from any rank map back
   "是" (yes) at an option's ``[MASK]`` is that option's score; training is cross-entropy over
   the options' scores (UniMC, Yang et al. 2022). Option sets too long for one input (iflytek's
   119 apps) are split over several inputs and their scores compared together.
+- ``seq2seq`` (generation): the prompt-wrapped source, then the document end, as the encoder's
+  input; the target, then the end, as ``labels`` (padding -100), its own width ``max_target_len``.
+- ``clm`` (generation): one decoder row ``source-prompt [SEP] target end``, labels only on the
+  target and its end; evaluation rows hold the prompt alone and the model continues it.
 
 Long texts are cut by a stated strategy (``head``, ``tail``, or ``head_tail``: the first quarter of
 the budget from the start, the rest from the end); nothing ever overflows ``max_len``.
@@ -27,6 +31,7 @@ import numpy as np
 from fs_ray.data.tasks import Example, TaskSplit
 
 Truncation = Literal["head", "tail", "head_tail"]
+IGNORE = -100  # label of a position the loss skips
 YES = "是"
 CHOICE_BLANK = "（）"
 
@@ -46,8 +51,6 @@ class Encoder:
             t.token_to_id("[UNK]"),
         )
         self.yes = t.token_to_id(YES)
-        if self.cls is None or self.sep is None:
-            raise ValueError("fine-tuning needs a BERT-style vocabulary with [CLS] and [SEP]")
         self._cache: dict[str, list[int]] = {}
 
     def ids(self, text: str) -> list[int]:
@@ -68,6 +71,8 @@ class Encoder:
 
     def pack(self, segments: list[list[int]]) -> dict[str, np.ndarray]:
         """``[CLS] s0 [SEP] s1 [SEP] ...`` padded to max_len; token types 0 for s0, 1 after."""
+        if self.cls is None or self.sep is None:
+            raise ValueError("this method needs a BERT-style vocabulary with [CLS] and [SEP]")
         ids, types = [self.cls], [0]
         for i, seg in enumerate(segments):
             ids += [*seg, self.sep]
@@ -288,6 +293,82 @@ def encode_unimc(
 
 
 # ---------------------------------------------------------------------------------------------
+# generation
+# ---------------------------------------------------------------------------------------------
+def prompt_ids(enc: Encoder, template: str, text: str, budget: int) -> list[int]:
+    """``template`` with ``{text}`` filled, tokenized, the text cut (never the template) to ``budget``."""
+    before, after = template.split("{text}", 1)
+    head = enc.ids(before) if before else []
+    tail = enc.ids(after) if after else []
+    return [*head, *enc.cut(enc.ids(text), budget - len(head) - len(tail)), *tail]
+
+
+def _pad_to(ids: list[int], width: int, value: int) -> np.ndarray:
+    return np.array([*ids, *[value] * (width - len(ids))], dtype=np.int64)
+
+
+def encode_generation(
+    split: TaskSplit,
+    examples: list[Example],
+    enc: Encoder,
+    special: dict,
+    labelled: bool,
+    train: bool,
+    decoder: bool,
+) -> list[dict]:
+    """Generation rows (see the module notes); ``decoder``: one causal-LM row instead of a seq2seq pair.
+
+    Ids come from the corpus convention in ``special``: [CLS] opens a sequence where the vocabulary
+    has one, the document end ([SEP], else </s>) closes the source and the target."""
+    spec = split.spec
+    end = special.get("sep") if special.get("sep") is not None else special.get("eos")
+    if end is None:
+        raise ValueError("generation needs an end token ([SEP], </s> or <|endoftext|>) in the vocabulary")
+    lead = [special["cls"]] if special.get("cls") is not None else []
+    pad = special.get("pad") if special.get("pad") is not None else end
+    tgt_len = spec.max_target_len
+    rows = []
+    for row, ex in enumerate(examples):
+        target = [*enc.ids(ex.label)[: tgt_len - 1], end] if labelled and ex.label else []
+        if decoder:
+            room = enc.max_len - len(lead) - 1 - (tgt_len if train else 0)
+            if room < 8:
+                raise ValueError(
+                    f"task.max_len {enc.max_len} leaves no room for the source after {tgt_len} target tokens"
+                )
+            source = [*lead, *prompt_ids(enc, spec.prompt, ex.texts[0], room), end]
+            ids = source + (target if train else [])
+            labels = [IGNORE] * len(source) + target if train else []
+            item = {
+                "input_ids": _pad_to(ids, enc.max_len, pad),
+                "attention_mask": _pad_to([1] * len(ids), enc.max_len, 0),
+            }
+            if train:
+                item["labels"] = _pad_to(labels, enc.max_len, IGNORE)
+        else:
+            source = [*lead, *prompt_ids(enc, spec.prompt, ex.texts[0], enc.max_len - len(lead) - 1), end]
+            item = {
+                "input_ids": _pad_to(source, enc.max_len, pad),
+                "attention_mask": _pad_to([1] * len(source), enc.max_len, 0),
+            }
+            if train:  # its own width, never the input's: collate_rows trims it by its own rows
+                item["labels"] = _pad_to(target, tgt_len + (tgt_len == enc.max_len), IGNORE)
+        item["row"] = np.int64(row)
+        rows.append(item)
+    return rows
+
+
+def decode_generation(
+    n_examples: int, outputs: dict[int, Any], rows: list[int]
+) -> tuple[list[Any], list[None]]:
+    """Generated texts (``uid -> text``) -> one prediction per example."""
+    preds: list[Any] = [""] * n_examples
+    for uid, text in outputs.items():
+        preds[rows[uid]] = text
+    return preds, [None] * n_examples
+
+
+# ---------------------------------------------------------------------------------------------
 # batches and metrics
 # ---------------------------------------------------------------------------------------------
 def collate_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -299,7 +380,11 @@ def collate_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     out = {}
     for key, value in batch.items():
         arr = np.asarray(value)
-        if key in ("input_ids", "attention_mask", "token_type_ids", "labels") and arr.ndim >= 2:
+        if key == "labels" and arr.ndim == 2 and arr.shape[-1] != mask.shape[-1]:
+            # a seq2seq target has its own width: trimmed to its own longest row
+            used = np.nonzero((arr != IGNORE).any(axis=0))[0]
+            arr = arr[:, : int(used.max()) + 1 if len(used) else 1]
+        elif key in ("input_ids", "attention_mask", "token_type_ids", "labels") and arr.ndim >= 2:
             arr = arr[..., :longest]
         out[key] = torch.from_numpy(np.ascontiguousarray(arr))
     return out
@@ -333,8 +418,14 @@ def gold_of(split: TaskSplit, examples: list[Example]) -> list[Any]:
 
 
 def score_labels(metric: str, gold: list[Any], predictions: list[Any]) -> dict[str, float]:
+    """The task's metric and its companions, as fractions (a table shows them in percent)."""
     if metric == "entity_f1":
         return entity_f1(gold, predictions)
+    if metric == "rougeL":
+        from fs_ray.generation import generation_scores
+
+        scores = generation_scores([p or "" for p in predictions], [g or "" for g in gold])
+        return {k: v / 100 for k, v in scores.items()}
     right = sum(p == g for p, g in zip(predictions, gold, strict=True))
     return {"accuracy": right / max(1, len(gold))}
 

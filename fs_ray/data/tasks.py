@@ -6,7 +6,9 @@ Five shapes cover FewCLUE, CLUE-style TSV and tagging data:
 - ``pair``    two texts -> one label (ocnli, bustm; csl's ``abst`` + ``keyword`` list);
 - ``choice``  a text with a blank + candidates -> the index of the right one (chid);
 - ``coref``   a text + two spans -> do they corefer (cluewsc);
-- ``tagging`` characters -> one BIO tag each (MSRA NER; scored by entity F1).
+- ``tagging`` characters -> one BIO tag each (MSRA NER; scored by entity F1);
+- ``generation`` a source text -> a target text (CSL titles and keywords, LCSTS summaries; scored
+  by character ROUGE-L, with ROUGE-1/2 and BLEU-4 beside it).
 
 A new dataset in one of these shapes is a :class:`TaskSpec` in a config (``finetune.task_specs``),
 not code. Readers never guess silently: a record with a missing field, an unknown label or a
@@ -38,9 +40,14 @@ class TaskDataError(ValueError):
 class TaskSpec(Section):
     """Where a task's files are and how to read them."""
 
-    shape: Literal["single", "pair", "choice", "coref", "tagging"] = Field(description="Task structure.")
+    shape: Literal["single", "pair", "choice", "coref", "tagging", "generation"] = Field(
+        description="Task structure."
+    )
     path: str = Field(description="Task folder, relative to finetune data.root (or absolute / a URI).")
     format: Literal["jsonl", "tsv"] = Field("jsonl", description="JSON lines, or TSV with a header row.")
+    columns: list[str] | None = Field(
+        None, description="TSV without a header row: the names of its columns, in order."
+    )
     splits: list[str] = Field(
         default_factory=lambda: list(FEWCLUE_SPLITS),
         description="Splits run by default; {split} in the file names is replaced by each.",
@@ -74,7 +81,24 @@ class TaskSpec(Section):
     candidates_field: str = Field("candidates", description="choice: field with the candidate list.")
     blank: str = Field("#idiom#", description="choice: marker of the blank in the text.")
     span_field: str = Field("target", description="coref: field with span1/span2 text and index.")
-    metric: Literal["accuracy", "entity_f1"] = Field("accuracy", description="Dev metric.")
+    metric: Literal["accuracy", "entity_f1", "rougeL"] = Field(
+        "accuracy", description="Dev metric (generation: rougeL, the character ROUGE-L F)."
+    )
+    holdout: float = Field(
+        0,
+        ge=0,
+        description="Take dev from the training file: this many records (1 or more) or this fraction "
+        "(below 1), drawn with holdout_seed; dev_file is then not read. For data published as one file.",
+    )
+    holdout_seed: int = Field(0, description="Seed of the holdout draw (the same seed, the same split).")
+    prompt: str = Field(
+        "{text}",
+        description="generation: the source as the model reads it; {text} is the record's text "
+        "(e.g. '{text}\\n标题：' for a decoder, which continues after it).",
+    )
+    max_target_len: int = Field(
+        64, ge=1, le=2048, description="generation: most target tokens (and new tokens generated)."
+    )
     submission_file: str | None = Field(None, description="Name of the leaderboard prediction file.")
     submission_key: str = Field("label", description="Key of the prediction in submission lines.")
 
@@ -90,6 +114,15 @@ class TaskSpec(Section):
             raise ValueError(f"shape {self.shape} needs {want} text field(s), got {self.text_fields}")
         if self.shape == "tagging" and self.format != "tsv":
             raise ValueError("tagging tasks are read from TSV (space-separated characters and tags)")
+        if self.shape == "generation":
+            if "metric" not in self.model_fields_set:
+                self.metric = "rougeL"
+            if self.metric != "rougeL":
+                raise ValueError(f"a generation task is scored by rougeL, not {self.metric}")
+            if "{text}" not in self.prompt:
+                raise ValueError(f"prompt {self.prompt!r} has no {{text}} for the record's text")
+        elif self.metric == "rougeL":
+            raise ValueError(f"rougeL scores generation tasks, not {self.shape}")
         return self
 
 
@@ -156,6 +189,26 @@ BUILTIN_TASKS: dict[str, dict[str, Any]] = {
         "shape": "single", "path": "smp2020_ewect", "format": "tsv", "text_fields": ["text_a"],
         "splits": ["full"], "train_file": "train.tsv", "dev_file": "dev.tsv", "test_file": "test.tsv",
         "test_labelled": True, "labels": ["0", "1", "2", "3", "4", "5"],
+    },
+    # CSL (ydli-ai/CSL) title and keyword generation: the 1,000 published labelled rows of each, a
+    # seeded 200 held out as dev; lines are `to title|to keywords \t abstract \t target`, no header
+    "csl_title": {
+        "shape": "generation", "path": "csl_generation", "format": "tsv",
+        "columns": ["prefix", "text", "target"], "text_fields": ["text"], "label_field": "target",
+        "splits": ["full"], "train_file": "title_dev.tsv", "dev_file": "title_dev.tsv", "test_file": None,
+        "holdout": 200, "prompt": "{text}\n标题：", "max_target_len": 48,
+    },
+    "csl_keywords": {
+        "shape": "generation", "path": "csl_generation", "format": "tsv",
+        "columns": ["prefix", "text", "target"], "text_fields": ["text"], "label_field": "target",
+        "splits": ["full"], "train_file": "keywords_dev.tsv", "dev_file": "keywords_dev.tsv", "test_file": None,
+        "holdout": 200, "prompt": "{text}\n关键词：", "max_target_len": 32,
+    },
+    # LCSTS as CLUEbenchmark/CLGE publishes it: `summary \t text`, no header, train/dev/test files
+    "lcsts": {
+        "shape": "generation", "path": "lcsts", "format": "tsv", "columns": ["summary", "text"],
+        "text_fields": ["text"], "label_field": "summary", "splits": ["full"], "train_file": "train.tsv",
+        "dev_file": "dev.tsv", "test_file": None, "prompt": "{text}\n摘要：", "max_target_len": 32,
     },
     "msra_ner": {
         "shape": "tagging", "path": "msra_ner", "format": "tsv", "text_fields": ["text_a"],
@@ -243,7 +296,9 @@ def _records(spec: TaskSpec, path: str):
             continue
         if spec.format == "tsv":
             cells = line.split("\t")
-            if header is None:
+            if header is None and spec.columns:
+                header = list(spec.columns)
+            elif header is None:
                 header = cells
                 continue
             if len(cells) != len(header):
@@ -311,6 +366,10 @@ def _example(spec: TaskSpec, record: dict[str, Any], where: str, labelled: bool,
         raw = str(_get(record, spec.text_fields[0], where))  # indices refer to the unstripped text
         ex.texts = [raw]
         ex.spans = [_span(raw, target, k, where, spec.span_field) for k in (1, 2)]
+    elif spec.shape == "generation" and labelled:
+        ex.label = _text(record, spec.label_field, where)
+        if not ex.label:
+            raise _Bad("empty_target", f"{where}: field {spec.label_field!r} (the target) is empty")
     if labelled and spec.shape in ("single", "pair", "coref"):
         value = _get(record, spec.label_field, where)
         if isinstance(value, bool):
@@ -389,6 +448,23 @@ class TaskSplit:
     reports: list[ReadReport]
 
 
+def holdout(
+    examples: list[Example], size: float, seed: int, path: str
+) -> tuple[list[Example], list[Example]]:
+    """(rest, held out): ``size`` records (a count, or a fraction below 1) drawn with ``seed``;
+    both keep the file's order."""
+    import random
+
+    n = round(size * len(examples)) if size < 1 else int(size)
+    if not 0 < n < len(examples):
+        raise TaskDataError(f"{path}: cannot hold out {size} of {len(examples)} records as dev")
+    picked = set(random.Random(seed).sample(range(len(examples)), n))
+    return (
+        [ex for i, ex in enumerate(examples) if i not in picked],
+        [ex for i, ex in enumerate(examples) if i in picked],
+    )
+
+
 def task_dir(spec: TaskSpec, root: str) -> str:
     if storage.is_uri(spec.path) or spec.path.startswith("/"):
         return spec.path
@@ -431,9 +507,19 @@ def load_split(
         labels = [str(i) for i in range(max(len(ex.candidates or []) for ex in train))]
     if not train:
         raise TaskDataError(f"{train_path}: no usable training records")
-    if train_path == dev_path:
+    if spec.holdout:
+        train, dev = holdout(train, spec.holdout, spec.holdout_seed, train_path)
+        r_dev = ReadReport(
+            path=f"{train_path} (held out: {len(dev)} of {len(train) + len(dev)})", kept=len(dev)
+        )
+        if not need_train:  # evaluation only: the held-out rows are the dev set; nothing trains
+            train = []
+    elif train_path == dev_path:
         train, r_train.path = [], f"{r_train.path} (labels only: no training file)"
-    dev, r_dev = read_file(spec, dev_path, True, labels if spec.shape != "choice" else None, max_bad_fraction)
+    if not spec.holdout:
+        dev, r_dev = read_file(
+            spec, dev_path, True, labels if spec.shape != "choice" else None, max_bad_fraction
+        )
     test: list[Example] = []
     reports = [r_train, r_dev]
     if with_test and spec.test_file:

@@ -100,6 +100,7 @@ FAMILY = Family(
     build_config=t5_config,
     after_build=untie_lm_head,
     objectives=("span",),
+    methods=("seq2seq", "lead"),
     operations=("generate",),
     model_types=("t5", "mt5"),
     tokenizer="bert-chinese-sentinels",

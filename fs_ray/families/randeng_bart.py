@@ -62,6 +62,7 @@ FAMILY = Family(
     },
     build_config=bart_config,
     objectives=("bart",),
+    methods=("seq2seq", "lead"),
     operations=("generate",),
     model_types=("bart",),
     tokenizer="bert-chinese",

@@ -137,6 +137,7 @@ FAMILY = Family(
     },
     build_config=pegasus_config,
     objectives=("gsg",),
+    methods=("seq2seq", "lead"),
     operations=("generate",),
     model_types=("pegasus",),
     tokenizer=BUILTIN,

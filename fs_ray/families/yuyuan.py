@@ -18,6 +18,7 @@ FAMILY = Family(
     },
     build_config=gpt2_config,
     objectives=("clm",),
+    methods=("clm", "lead"),
     operations=("generate",),
     model_types=("gpt2",),
 )

@@ -2,7 +2,7 @@
 
 - :data:`OBJECTIVES` (``mlm``, ``clm``, ``span``, ``bart``, ``gsg``): :mod:`fs_ray.objectives.pretraining`, built on
   the pure batch transforms of :mod:`fs_ray.objectives.masking`.
-- :data:`METHODS` (``head``, ``unimc``, ``unimc_zero``, ``tfidf``): :mod:`fs_ray.objectives.methods`.
+- :data:`METHODS` (``head``, ``unimc``, ``unimc_zero``, ``tfidf``, ``seq2seq``, ``clm``, ``lead``): :mod:`fs_ray.objectives.methods`.
 
 A family (:mod:`fs_ray.families`) names the objectives and methods it supports from these tables.
 """

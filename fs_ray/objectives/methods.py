@@ -7,6 +7,10 @@ method; none of them branches on its name.
 - ``unimc``: UniMC (Yang et al. 2022): every option behind its own ``[MASK]``, scored by the
   MLM logit of "是"; trained few-shot. ``unimc_zero``: the same scoring, no training.
 - ``tfidf``: the char n-gram TF-IDF + logistic regression floor (no neural model).
+- ``seq2seq``: generation by an encoder-decoder (T5/BART/Pegasus), teacher-forced cross-entropy
+  on the target. ``clm``: generation by a decoder (Wenzhong/Yuyuan), prompt and target in one row,
+  the loss on the target only. Both are evaluated by decoding (greedy, beam or sampling).
+- ``lead``: the generation floor, the source's first k characters (k tuned on dev).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ class Method:
     trains: bool = True  # False: scores with the starting weights (zero-shot)
     scores_options: bool = False  # outputs are (option, score) pairs read from an MLM, not label logits
     evaluate_as: str = ""  # method that evaluates an export trained with this one (default: itself)
+    needs_cls_sep: bool = True  # encodes [CLS] ... [SEP] rows (a BERT-style vocabulary)
+    # export probe: the batch keys the model is called with to verify an export's logits
+    probe_keys: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 
     def check_shape(self, shape: str) -> str | None:
         return None
@@ -48,13 +55,30 @@ class Method:
     def payload(self, shape: str, batch: dict, out) -> list:
         raise NotImplementedError
 
+    def predict(self, work, module, inputs: dict, batch: dict) -> list:
+        """(uid, payload) for each row of an evaluation batch; by default the wrapper's logits."""
+        return self.payload(work.shape, batch, module.logits(**inputs).float().cpu())
+
+    def fit_predict(self, split) -> dict:
+        """A floor method (``neural`` False): fit on the split, predict dev and test."""
+        raise NotImplementedError
+
     def decode(self, shape, labels, n_examples, outputs, rows, lengths=None):
         raise NotImplementedError
+
+
+def _classifies(shape: str) -> str | None:
+    if shape == "generation":
+        return "a generation task needs seq2seq (T5/BART/Pegasus), clm (GPT2) or the lead floor"
+    return None
 
 
 class Head(Method):
     name = "head"
     summary = "fine-tune a task head (sequence, multiple-choice or token classification)"
+
+    def check_shape(self, shape):
+        return _classifies(shape)
 
     def auto_class(self, shape):
         return HEAD_CLASSES[shape]
@@ -103,7 +127,7 @@ class UniMC(Method):
     def check_shape(self, shape):
         if shape == "tagging":
             return "UniMC scores options; a tagging task needs head or tfidf"
-        return None
+        return _classifies(shape)
 
     def auto_class(self, shape):
         return "AutoModelForMaskedLM"
@@ -143,5 +167,104 @@ class TfIdf(Method):
     neural = False
     trains = True
 
+    def check_shape(self, shape):
+        return _classifies(shape)
 
-METHODS: dict[str, Method] = {m.name: m for m in (Head(), UniMC(), UniMCZero(), TfIdf())}
+    def fit_predict(self, split):
+        from fs_ray.training.baseline import tfidf_predict
+
+        return tfidf_predict(split)
+
+
+class Generation(Method):
+    """Text generation fine-tuning: rows from :func:`fs_ray.data.encoding.encode_generation`, the
+    model's own loss on ``labels``, evaluation by decoding (:func:`fs_ray.generation.generate_ids`)."""
+
+    decoder = False  # one decoder row (clm) instead of an encoder input + decoder target (seq2seq)
+    model_class = ""
+    needs_cls_sep = False
+
+    def check_shape(self, shape):
+        if shape != "generation":
+            return f"{self.name} generates text; a {shape} task needs head, unimc or tfidf"
+        return None
+
+    def auto_class(self, shape):
+        return self.model_class
+
+    def encode(self, split, examples, enc, labelled, train, cfg):
+        from fs_ray.data.encoding import encode_generation
+        from fs_ray.data.tokenization import special_ids
+
+        return encode_generation(
+            split, examples, enc, special_ids(enc.tokenizer).as_dict(), labelled, train, self.decoder
+        )
+
+    def wrap(self, model, yes_id):
+        from fs_ray.objectives.losses import ModelLoss
+
+        return ModelLoss(model)
+
+    def predict(self, work, module, inputs, batch):
+        from fs_ray.generation import decode_text, generate_ids
+
+        info = work.info
+        ids = generate_ids(
+            module.model,
+            inputs["input_ids"],
+            inputs["attention_mask"],
+            decoder=self.decoder,
+            max_new_tokens=info["max_target_len"],
+            settings=info["decoding"],
+            eos=info["generation_end"],
+            pad=info["generation_pad"],
+            synced=work.world > 1 and work.deepspeed.zero_stage == 3,
+        )
+        tok = work.tokenizer
+        return [(uid, decode_text(tok, seq)) for uid, seq in zip(batch["uid"].tolist(), ids, strict=True)]
+
+    def decode(self, shape, labels, n_examples, outputs, rows, lengths=None):
+        from fs_ray.data.encoding import decode_generation
+
+        return decode_generation(n_examples, outputs, rows)
+
+
+class Seq2Seq(Generation):
+    name = "seq2seq"
+    summary = "generation by an encoder-decoder (T5/BART/Pegasus): teacher-forced cross-entropy on the target"
+    model_class = "AutoModelForSeq2SeqLM"
+    probe_keys = ("input_ids", "attention_mask", "labels")
+
+
+class CausalGeneration(Generation):
+    name = "clm"
+    summary = "generation by a decoder (GPT2): prompt + target in one row, loss on the target only"
+    decoder = True
+    model_class = "AutoModelForCausalLM"
+    probe_keys = ("input_ids", "attention_mask")
+
+
+class Lead(Method):
+    name = "lead"
+    summary = "the generation floor: the source's first k characters, k tuned on dev"
+    neural = False
+    trains = True
+
+    def check_shape(self, shape):
+        if shape != "generation":
+            return "lead is the floor of generation tasks; classification's is tfidf"
+        return None
+
+    def fit_predict(self, split):
+        from fs_ray.generation import lead, lead_floor
+
+        k, _ = lead_floor([ex.texts[0] for ex in split.dev], [ex.label or "" for ex in split.dev])
+        return {
+            "dev": [lead(ex.texts[0], k) for ex in split.dev],
+            "test": [lead(ex.texts[0], k) for ex in split.test],
+        }
+
+
+METHODS: dict[str, Method] = {
+    m.name: m for m in (Head(), UniMC(), UniMCZero(), TfIdf(), Seq2Seq(), CausalGeneration(), Lead())
+}

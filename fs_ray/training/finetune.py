@@ -23,6 +23,7 @@ an interruption continues where it stopped (``overwrite: true`` recomputes).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -112,8 +113,16 @@ def plan(cfg: FinetuneConfig) -> dict[str, Any]:
                 )
             except (TaskDataError, OSError) as err:
                 raise FinetuneError(f"task {name}, split {split}: {err}") from None
-    if any(METHODS[m].neural for m in cfg.methods):
-        Encoder(tokenizer, cfg.task.max_len, cfg.task.truncation)  # vocabulary has what we need
+    enc = Encoder(tokenizer, cfg.task.max_len, cfg.task.truncation)
+    if any(METHODS[m].neural and METHODS[m].needs_cls_sep for m in cfg.methods) and None in (
+        enc.cls,
+        enc.sep,
+    ):
+        raise FinetuneError(
+            "tokenizer: fine-tuning with "
+            + ", ".join(m for m in cfg.methods if METHODS[m].neural and METHODS[m].needs_cls_sep)
+            + " needs a BERT-style vocabulary with [CLS] and [SEP]"
+        )
     notes = fit_released_heads(cfg, folder, splits) if folder is not None else []
     return {
         "specs": specs,
@@ -216,7 +225,7 @@ class FinetuneWork:
         self.steps_per_epoch = info["steps_per_epoch"]
         self.total_steps = info["total_steps"]
         self.final_checkpoint = info["export"]
-        self.probe_keys = ("input_ids", "attention_mask", "token_type_ids")
+        self.probe_keys = self.method.probe_keys
         self.history: list[dict] = []
         self.resumed_from: int | None = None
         self.dev: dict | None = None
@@ -227,6 +236,13 @@ class FinetuneWork:
     def setup(self, rank: int, world: int) -> None:
         self.rank, self.world = rank, world
         quiet_ray_data()
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The run's tokenizer on the worker (generation decodes ids back to text)."""
+        from fs_ray.data.tokenization import tokenizer_from_json
+
+        return tokenizer_from_json(self.info["tokenizer_json"])
 
     def build(self):
         from fs_ray.families import build_model
@@ -380,9 +396,9 @@ class FinetuneWork:
                 lo = i * bs if i * bs < n_mine else 0
                 batch = collate_rows({k: v[lo : lo + bs] for k, v in cols.items()})
                 inputs = {k: v.to(engine.device) for k, v in batch.items() if k not in ("row", "uid")}
-                logits = module.logits(**inputs).float().cpu()
+                payload = self.method.predict(self, module, inputs, batch)
                 if i * bs < n_mine:
-                    out.extend(self.method.payload(self.shape, batch, logits))
+                    out.extend(payload)
         module.train()
         gathered = [out]
         if world > 1:
@@ -444,9 +460,16 @@ def run_neural(
     if cfg.model.from_pretrained and os.path.isdir(absolute(cfg.model.from_pretrained)):
         # a local folder by absolute path (workers run elsewhere); URIs and hub ids each worker resolves
         worker_cfg["model"]["from_pretrained"] = absolute(cfg.model.from_pretrained)
+    special = special_ids(tokenizer).as_dict()
+    end = special["sep"] if special.get("sep") is not None else special.get("eos")
     info = {
         "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
-        "special": special_ids(tokenizer).as_dict(),
+        "special": special,
+        # generation: what ends a target, what pads, how long, how to decode
+        "generation_end": end,
+        "generation_pad": special["pad"] if special.get("pad") is not None else end,
+        "max_target_len": split.spec.max_target_len,
+        "decoding": cfg.decoding.model_dump(),
         "yes_id": enc.yes,
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
@@ -471,6 +494,15 @@ def run_neural(
             "question": split.spec.question,
             "max_len": cfg.task.max_len,
             "truncation": cfg.task.truncation,
+            **(
+                {
+                    "prompt": split.spec.prompt,
+                    "max_target_len": split.spec.max_target_len,
+                    "decoding": cfg.decoding.model_dump(),
+                }
+                if split.spec.shape == "generation"
+                else {}
+            ),
             "trained_on": f"{split.spec.train_file.format(split=split.split)}",
         },
     }
@@ -537,7 +569,7 @@ def run_split(
     tokenizer,
     run_dir: str,
     log=print,
-    tfidf_future=None,
+    floor_future=None,
     predict_test: bool = True,
     callbacks: list | None = None,
 ) -> dict:
@@ -556,7 +588,7 @@ def run_split(
         import ray
 
         t = time.monotonic()
-        preds = ray.get(tfidf_future())
+        preds = ray.get(floor_future())
         dev_pred, test_pred, seconds = preds["dev"], preds["test"], preds.get("seconds", time.monotonic() - t)
     else:
         export = cfg.export == "all" or (cfg.export == "submission" and predict_test)
@@ -609,11 +641,10 @@ def run_split(
     return record
 
 
-def _tfidf_task(split: TaskSplit) -> dict:
-    from fs_ray.training.baseline import tfidf_predict
-
+def _floor_task(split: TaskSplit, method: str) -> dict:
+    """A floor method (TF-IDF, lead) fitted and run on one split, as a CPU Ray task."""
     t = time.monotonic()
-    return {**tfidf_predict(split), "seconds": time.monotonic() - t}
+    return {**get_method(method).fit_predict(split), "seconds": time.monotonic() - t}
 
 
 def summarize(records: list[dict]) -> list[dict]:
@@ -771,7 +802,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
         f"[finetune] {len(p['specs'])} task(s) x method(s) ({', '.join(cfg.methods)}) = {n_runs} runs "
         f"from {cfg.model.from_pretrained or f'scratch ({cfg.model.family}/{cfg.model.preset})'} -> {run_dir}"
     )
-    tfidf = ray.remote(num_cpus=1)(_tfidf_task)
+    floor = ray.remote(num_cpus=1)(_floor_task)
     # One TF-IDF task at a time, when its turn comes: submitted all at once, they would hold every
     # CPU and starve the next TorchTrainer's worker group (its start times out after 60 s).
     records, submissions = [], []
@@ -780,7 +811,7 @@ def run(cfg: FinetuneConfig, log=print) -> dict[str, Any]:
         sub_split = splits.get(cfg.submission_split) or list(splits.values())[-1]
         for method in tcfg.methods:
             for split in splits.values():
-                future = None if METHODS[method].neural else (lambda s=split: tfidf.remote(s))
+                future = None if METHODS[method].neural else (lambda s=split, m=method: floor.remote(s, m))
                 predict_test = split is sub_split or split.spec.test_labelled
                 records.append(
                     run_split(tcfg, split, method, p["tokenizer"], run_dir, log, future, predict_test)

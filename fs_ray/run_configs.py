@@ -662,7 +662,12 @@ class ServeLimits(Section):
     max_items: PositiveInt = Field(64, description="Most texts in one request (more: 413).")
     max_new_tokens: PositiveInt = Field(128, description="Upper bound on generate's max_new_tokens.")
     default_new_tokens: PositiveInt = Field(
-        32, description="generate's max_new_tokens when a request gives none."
+        32,
+        description="generate's max_new_tokens when a request gives none (a fine-tuned generation "
+        "export: its task's max_target_len).",
+    )
+    max_beams: PositiveInt = Field(
+        4, description="Upper bound on generate's num_beams (beam search cost grows with it)."
     )
 
 

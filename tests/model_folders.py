@@ -70,12 +70,32 @@ def tagger_folder(out: Path, labels: list[str], seed: int = 0, max_len: int = 32
     return _save(AutoModelForTokenClassification.from_config(cfg), tok, out, card)
 
 
-def gpt2_folder(out: Path, seed: int = 0) -> Path:
+def gpt2_folder(out: Path, seed: int = 0, **shape) -> Path:
+    """Wenzhong's tiny preset, or ``shape`` (n_embd, n_layer, ...) over it: a slower model for
+    streaming tests, whose generation takes long enough for a client to go away mid-way."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer("bert-chinese")
     torch.manual_seed(seed)
-    return _save(AutoModelForCausalLM.from_config(_config("wenzhong", "tiny", tok)), tok, out)
+    cfg = _config("wenzhong", "tiny", tok)
+    for key, value in shape.items():
+        setattr(cfg, key, value)
+    return _save(AutoModelForCausalLM.from_config(cfg), tok, out)
+
+
+def generation_folder(out: Path, seed: int = 0, prompt: str = "{text}\n标题：", max_target_len: int = 12) -> Path:
+    """A Randeng (T5) fine-tuned for a generation task: the export plus its generation task card."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    from fs_ray.generation import DECODING
+
+    tok = load_tokenizer("bert-chinese-sentinels")
+    torch.manual_seed(seed)
+    card = {"task": "csl_title", "method": "seq2seq", "shape": "generation", "labels": [], "verbalizer": {},
+            "question": "", "max_len": 64, "truncation": "head", "prompt": prompt,
+            "max_target_len": max_target_len, "decoding": {**DECODING, "no_repeat_ngram_size": 2},
+            "trained_on": "tests"}  # fmt: skip
+    return _save(AutoModelForSeq2SeqLM.from_config(_config("randeng", "tiny", tok)), tok, out, card)
 
 
 def t5_folder(out: Path, seed: int = 0) -> Path:

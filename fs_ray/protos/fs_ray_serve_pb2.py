@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fs_ray/protos/fs_ray_serve.proto\x12\x0f\x66s_ray.serve.v1\"/\n\x0f\x46illMaskRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"*\n\nTokenScore\x12\r\n\x05token\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\";\n\x0bMaskGuesses\x12,\n\x07guesses\x18\x01 \x03(\x0b\x32\x1b.fs_ray.serve.v1.TokenScore\"=\n\x0e\x46illMaskResult\x12+\n\x05masks\x18\x01 \x03(\x0b\x32\x1c.fs_ray.serve.v1.MaskGuesses\"P\n\rFillMaskReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x1f.fs_ray.serve.v1.FillMaskResult\"C\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\ntext_pairs\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"L\n\x0e\x43lassifyResult\x12\r\n\x05label\x18\x01 \x01(\t\x12+\n\x06scores\x18\x02 \x03(\x0b\x32\x1b.fs_ray.serve.v1.LabelScore\"P\n\rClassifyReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x1f.fs_ray.serve.v1.ClassifyResult\"A\n\x0fZeroShotRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x10\n\x08question\x18\x03 \x01(\t\"Z\n\rZeroShotReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12+\n\x06scores\x18\x03 \x03(\x0b\x32\x1b.fs_ray.serve.v1.LabelScore\"*\n\nNerRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x06\x45ntity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\"6\n\tNerResult\x12)\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x17.fs_ray.serve.v1.Entity\"F\n\x08NerReply\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x07results\x18\x02 \x03(\x0b\x32\x1a.fs_ray.serve.v1.NerResult\"k\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x03\",\n\rGenerateReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"\x0f\n\rModelsRequest\"C\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\"9\n\x0bModelsReply\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.fs_ray.serve.v1.ModelInfo2\xc6\x03\n\x05\x46sRay\x12L\n\x08\x46illMask\x12 .fs_ray.serve.v1.FillMaskRequest\x1a\x1e.fs_ray.serve.v1.FillMaskReply\x12L\n\x08\x43lassify\x12 .fs_ray.serve.v1.ClassifyRequest\x1a\x1e.fs_ray.serve.v1.ClassifyReply\x12L\n\x08ZeroShot\x12 .fs_ray.serve.v1.ZeroShotRequest\x1a\x1e.fs_ray.serve.v1.ZeroShotReply\x12=\n\x03Ner\x12\x1b.fs_ray.serve.v1.NerRequest\x1a\x19.fs_ray.serve.v1.NerReply\x12L\n\x08Generate\x12 .fs_ray.serve.v1.GenerateRequest\x1a\x1e.fs_ray.serve.v1.GenerateReply\x12\x46\n\x06Models\x12\x1e.fs_ray.serve.v1.ModelsRequest\x1a\x1c.fs_ray.serve.v1.ModelsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n fs_ray/protos/fs_ray_serve.proto\x12\x0f\x66s_ray.serve.v1\"/\n\x0f\x46illMaskRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05top_k\x18\x02 \x01(\x05\"*\n\nTokenScore\x12\r\n\x05token\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\";\n\x0bMaskGuesses\x12,\n\x07guesses\x18\x01 \x03(\x0b\x32\x1b.fs_ray.serve.v1.TokenScore\"=\n\x0e\x46illMaskResult\x12+\n\x05masks\x18\x01 \x03(\x0b\x32\x1c.fs_ray.serve.v1.MaskGuesses\"P\n\rFillMaskReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x1f.fs_ray.serve.v1.FillMaskResult\"C\n\x0f\x43lassifyRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x12\n\ntext_pairs\x18\x02 \x03(\t\x12\r\n\x05model\x18\x03 \x01(\t\"*\n\nLabelScore\x12\r\n\x05label\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"L\n\x0e\x43lassifyResult\x12\r\n\x05label\x18\x01 \x01(\t\x12+\n\x06scores\x18\x02 \x03(\x0b\x32\x1b.fs_ray.serve.v1.LabelScore\"P\n\rClassifyReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x30\n\x07results\x18\x02 \x03(\x0b\x32\x1f.fs_ray.serve.v1.ClassifyResult\"A\n\x0fZeroShotRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x10\n\x08question\x18\x03 \x01(\t\"Z\n\rZeroShotReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12+\n\x06scores\x18\x03 \x03(\x0b\x32\x1b.fs_ray.serve.v1.LabelScore\"*\n\nNerRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\r\n\x05model\x18\x02 \x01(\t\"@\n\x06\x45ntity\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x05\x12\x0b\n\x03\x65nd\x18\x03 \x01(\x05\x12\x0c\n\x04text\x18\x04 \x01(\t\"6\n\tNerResult\x12)\n\x08\x65ntities\x18\x01 \x03(\x0b\x32\x17.fs_ray.serve.v1.Entity\"F\n\x08NerReply\x12\r\n\x05model\x18\x01 \x01(\t\x12+\n\x07results\x18\x02 \x03(\x0b\x32\x1a.fs_ray.serve.v1.NerResult\"\x8d\x01\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x0c\n\x04seed\x18\x05 \x01(\x03\x12\r\n\x05model\x18\x06 \x01(\t\x12\x11\n\tnum_beams\x18\x07 \x01(\x05\",\n\rGenerateReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\"<\n\rGenerateChunk\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x05\"\x0f\n\rModelsRequest\"C\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0e\n\x06labels\x18\x04 \x03(\t\"9\n\x0bModelsReply\x12*\n\x06models\x18\x01 \x03(\x0b\x32\x1a.fs_ray.serve.v1.ModelInfo2\x9c\x04\n\x05\x46sRay\x12L\n\x08\x46illMask\x12 .fs_ray.serve.v1.FillMaskRequest\x1a\x1e.fs_ray.serve.v1.FillMaskReply\x12L\n\x08\x43lassify\x12 .fs_ray.serve.v1.ClassifyRequest\x1a\x1e.fs_ray.serve.v1.ClassifyReply\x12L\n\x08ZeroShot\x12 .fs_ray.serve.v1.ZeroShotRequest\x1a\x1e.fs_ray.serve.v1.ZeroShotReply\x12=\n\x03Ner\x12\x1b.fs_ray.serve.v1.NerRequest\x1a\x19.fs_ray.serve.v1.NerReply\x12L\n\x08Generate\x12 .fs_ray.serve.v1.GenerateRequest\x1a\x1e.fs_ray.serve.v1.GenerateReply\x12T\n\x0eGenerateStream\x12 .fs_ray.serve.v1.GenerateRequest\x1a\x1e.fs_ray.serve.v1.GenerateChunk0\x01\x12\x46\n\x06Models\x12\x1e.fs_ray.serve.v1.ModelsRequest\x1a\x1c.fs_ray.serve.v1.ModelsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -61,16 +61,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NERRESULT']._serialized_end=948
   _globals['_NERREPLY']._serialized_start=950
   _globals['_NERREPLY']._serialized_end=1020
-  _globals['_GENERATEREQUEST']._serialized_start=1022
-  _globals['_GENERATEREQUEST']._serialized_end=1129
-  _globals['_GENERATEREPLY']._serialized_start=1131
-  _globals['_GENERATEREPLY']._serialized_end=1175
-  _globals['_MODELSREQUEST']._serialized_start=1177
-  _globals['_MODELSREQUEST']._serialized_end=1192
-  _globals['_MODELINFO']._serialized_start=1194
-  _globals['_MODELINFO']._serialized_end=1261
-  _globals['_MODELSREPLY']._serialized_start=1263
-  _globals['_MODELSREPLY']._serialized_end=1320
-  _globals['_FSRAY']._serialized_start=1323
-  _globals['_FSRAY']._serialized_end=1777
+  _globals['_GENERATEREQUEST']._serialized_start=1023
+  _globals['_GENERATEREQUEST']._serialized_end=1164
+  _globals['_GENERATEREPLY']._serialized_start=1166
+  _globals['_GENERATEREPLY']._serialized_end=1210
+  _globals['_GENERATECHUNK']._serialized_start=1212
+  _globals['_GENERATECHUNK']._serialized_end=1272
+  _globals['_MODELSREQUEST']._serialized_start=1274
+  _globals['_MODELSREQUEST']._serialized_end=1289
+  _globals['_MODELINFO']._serialized_start=1291
+  _globals['_MODELINFO']._serialized_end=1358
+  _globals['_MODELSREPLY']._serialized_start=1360
+  _globals['_MODELSREPLY']._serialized_end=1417
+  _globals['_FSRAY']._serialized_start=1420
+  _globals['_FSRAY']._serialized_end=1960
 # @@protoc_insertion_point(module_scope)

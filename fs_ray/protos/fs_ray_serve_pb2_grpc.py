@@ -59,6 +59,11 @@ class FsRayStub:
                 request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateReply.FromString,
                 _registered_method=True)
+        self.GenerateStream = channel.unary_stream(
+                '/fs_ray.serve.v1.FsRay/GenerateStream',
+                request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.SerializeToString,
+                response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateChunk.FromString,
+                _registered_method=True)
         self.Models = channel.unary_unary(
                 '/fs_ray.serve.v1.FsRay/Models',
                 request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ModelsRequest.SerializeToString,
@@ -104,6 +109,14 @@ class FsRayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GenerateStream(self, request, context):
+        """The same, streamed: one chunk per piece of text as it is generated (num_beams 1); a client
+        that cancels the call stops the generation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Models(self, request, context):
         """Which models this application serves and their state.
         """
@@ -138,6 +151,11 @@ def add_FsRayServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.FromString,
                     response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateReply.SerializeToString,
+            ),
+            'GenerateStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.GenerateStream,
+                    request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.FromString,
+                    response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateChunk.SerializeToString,
             ),
             'Models': grpc.unary_unary_rpc_method_handler(
                     servicer.Models,
@@ -280,6 +298,33 @@ class FsRay:
             '/fs_ray.serve.v1.FsRay/Generate',
             fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.SerializeToString,
             fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GenerateStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fs_ray.serve.v1.FsRay/GenerateStream',
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.SerializeToString,
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,

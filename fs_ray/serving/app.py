@@ -32,7 +32,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -57,6 +57,9 @@ class ServeError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": str(self), "field": self.field}
 
+    def __reduce__(self):  # crosses process boundaries whole (a streamed gRPC reply's error does)
+        return ServeError, (self.status, self.field, self.message)
+
 
 # ---------------------------------------------------------------------------------------------
 # model discovery (driver side, reads only small JSON files)
@@ -69,7 +72,8 @@ def _kind(folder: str) -> str:
 
 def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
     """Model id -> {folder, kind, task, labels, shape} for a fine-tuned export or a tree of them
-    (a folder of exports, or a fine-tuning run directory: ``<task>/<method>/split_<k>/export``)."""
+    (a folder of exports, or a fine-tuning run directory: ``<task>/<method>/split_<k>/export``):
+    classifiers, taggers and fine-tuned generators (kind ``generator``, shape ``generation``)."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"models.tasks: {path} is not a folder")
@@ -90,9 +94,11 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
     models = {}
     for model_id, folder in sorted(found.items()):
         kind = _kind(folder)
-        if kind not in ("classifier", "tagger"):
-            continue  # e.g. a pretraining export next to fine-tuned ones
         card = read_task_card(folder) or {}
+        if kind in ("clm", "seq2seq") and card.get("shape") == "generation":
+            kind = "generator"  # fine-tuned for a generation task: served by /v1/generate
+        elif kind not in ("classifier", "tagger"):
+            continue  # e.g. a pretraining export next to fine-tuned ones
         config = read_config(folder)
         id2label = config.get("id2label") or {}
         labels = card.get("labels") or [id2label[k] for k in sorted(id2label, key=int)]
@@ -105,7 +111,7 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
             "labels": [str(x) for x in labels],
         }
     if not models:
-        raise FileNotFoundError(f"models.tasks: no fine-tuned classifier or tagger folder under {path}")
+        raise FileNotFoundError(f"models.tasks: no fine-tuned classifier, tagger or generator folder under {path}")
     return models
 
 
@@ -217,16 +223,18 @@ def task_models_deployment(cfg: ServeConfig):
             self.loads: Counter[str] = Counter()
             self.evictions: Counter[str] = Counter()
             self.batches: Counter[int] = Counter()
+            self.streams = StreamStats()
 
         def _evicted(self, name: str) -> None:
             self.evictions[name] += 1
 
         @serve.multiplexed(max_num_models_per_replica=cfg.replicas.max_task_models)
         async def get_model(self, model_id: str) -> _Loaded:
-            from fs_ray.serving.inference import TaskModel
+            from fs_ray.serving.inference import Generator, TaskModel
 
             info = self.registry[model_id]  # the gateway only sends known ids
-            model = await asyncio.to_thread(TaskModel, info["folder"])
+            cls = Generator if info["kind"] == "generator" else TaskModel
+            model = await asyncio.to_thread(cls, info["folder"])
             self.loads[model_id] += 1
             return _Loaded(model, lambda _name, mid=model_id: self._evicted(mid))
 
@@ -234,6 +242,7 @@ def task_models_deployment(cfg: ServeConfig):
             loaded = sorted(m for m in self.loads if self.loads[m] > self.evictions[m])
             return {
                 "kind": "tasks",
+                **self.streams.info(),
                 "loaded": loaded,
                 "loads": dict(self.loads),
                 "evictions": dict(self.evictions),
@@ -266,7 +275,73 @@ def task_models_deployment(cfg: ServeConfig):
             self.batches[len(flat)] += 1
             return _unflatten(await asyncio.to_thread(_chunked, loaded.model.tag, b.max_forward_texts, flat), sizes)
 
+        async def generate(self, prompts: list[str], max_new_tokens: int, settings: dict[str, Any]) -> list[str]:
+            loaded = await self.get_model(serve.get_multiplexed_model_id())
+            return await asyncio.to_thread(loaded.model.generate_batch, prompts, max_new_tokens, settings)
+
+        async def generate_stream(self, prompt: str, max_new_tokens: int, settings: dict[str, Any]):
+            loaded = await self.get_model(serve.get_multiplexed_model_id())
+            async for piece in stream_pieces(loaded.model, prompt, max_new_tokens, settings, self.streams):
+                yield piece
+
+        async def defaults(self) -> dict[str, Any]:
+            loaded = await self.get_model(serve.get_multiplexed_model_id())
+            return {"max_new_tokens": loaded.model.default_new_tokens}
+
     return TaskModels
+
+
+class StreamStats:
+    """What the streams of a replica did: started, finished, stopped because the client went away,
+    and the tokens the last one generated (``/readyz`` shows them)."""
+
+    def __init__(self):
+        self.started = self.finished = self.cancelled = self.last_tokens = 0
+
+    def info(self) -> dict[str, int]:
+        return {"streams_started": self.started, "streams_finished": self.finished,
+                "streams_cancelled": self.cancelled, "last_stream_tokens": self.last_tokens}  # fmt: skip
+
+
+async def stream_pieces(model, prompt: str, max_new_tokens: int, settings: dict[str, Any], stats: StreamStats):
+    """``{"text": piece, "tokens": n}`` as ``model.stream`` produces them. The generation runs in a
+    thread; when the request is cancelled (the client disconnected) the thread is told to stop at
+    its next token, so no work continues for nobody."""
+    import queue
+    import threading
+
+    from fs_ray.serving.inference import InputError
+
+    cancelled = threading.Event()
+    pieces: queue.Queue = queue.Queue()
+    done = object()
+
+    def work() -> None:
+        try:
+            for piece, n in model.stream(prompt, max_new_tokens, settings, cancelled):
+                stats.last_tokens = n
+                pieces.put({"text": piece, "tokens": n})
+        except InputError as err:
+            pieces.put(err)
+        finally:
+            pieces.put(done)
+
+    stats.started += 1
+    stats.last_tokens = 0
+    thread = threading.Thread(target=work, daemon=True, name="fs_ray-stream")
+    thread.start()
+    finished = False
+    try:
+        while (item := await asyncio.to_thread(pieces.get)) is not done:
+            if isinstance(item, InputError):
+                raise item
+            yield item
+        finished = True
+        stats.finished += 1
+    finally:
+        if not finished:
+            cancelled.set()
+            stats.cancelled += 1
 
 
 @serve.deployment
@@ -278,12 +353,20 @@ class GeneratorServer:
 
         _device_setup(threads)
         self.model = Generator(folder)
+        self.streams = StreamStats()
 
     def info(self) -> dict[str, Any]:
-        return {"id": self.model.name, "kind": self.model.kind}
+        return {"id": self.model.name, "kind": self.model.kind, **self.streams.info()}
 
-    async def generate(self, prompt: str, max_new_tokens: int, temperature: float, top_p: float, seed: int) -> str:
-        return await asyncio.to_thread(self.model.generate, prompt, max_new_tokens, temperature, top_p, seed)
+    async def generate(self, prompts: list[str], max_new_tokens: int, settings: dict[str, Any]) -> list[str]:
+        return await asyncio.to_thread(self.model.generate_batch, prompts, max_new_tokens, settings)
+
+    async def generate_stream(self, prompt: str, max_new_tokens: int, settings: dict[str, Any]):
+        async for piece in stream_pieces(self.model, prompt, max_new_tokens, settings, self.streams):
+            yield piece
+
+    async def defaults(self) -> dict[str, Any]:
+        return {"max_new_tokens": self.model.default_new_tokens}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,16 +451,25 @@ class NerResponse(BaseModel):
 
 
 class GenerateRequest(BaseModel):
-    prompt: str
-    max_new_tokens: int | None = Field(None, ge=1, description="Default limits.default_new_tokens.")
-    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy decoding.")
+    prompt: TextOrTexts = Field(description="A prompt, or several decoded as one batch (not with stream).")
+    model: str | None = Field(None, description="A fine-tuned generator's id; default: models.generate.")
+    max_new_tokens: int | None = Field(
+        None, ge=1, description="Default: the fine-tuned task's max_target_len, else limits.default_new_tokens."
+    )
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy (or beam) decoding; above: sampling.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass (with temperature > 0).")
+    top_k: int | None = Field(None, ge=0, description="Sampling: keep the k likeliest tokens.")
     seed: int = Field(0, description="Sampling seed: the same seed gives the same text.")
+    num_beams: int | None = Field(None, ge=1, description="Beam width (at most limits.max_beams).")
+    length_penalty: float | None = Field(None, description="Beam search length exponent.")
+    no_repeat_ngram_size: int | None = Field(None, ge=0, description="Never repeat an n-gram of this size.")
+    stream: bool = Field(False, description="Server-sent events: one `data:` event per piece of text, then `event: done`.")
 
 
 class GenerateResponse(BaseModel):
     model: str
     text: str
+    texts: list[str]
 
 
 api = FastAPI(
@@ -536,8 +628,9 @@ class Gateway:
             known = ", ".join(sorted(self.registry))
             raise ServeError(404, "model", f"unknown model id {model_id!r} (known: {known})")
         if self.registry[model_id]["kind"] != kind:
-            other = "ner" if kind == "classifier" else "classify"
-            raise ServeError(422, "model", f"{model_id} is a {self.registry[model_id]['kind']}; use /v1/{other}")
+            have = self.registry[model_id]["kind"]
+            route = {"classifier": "classify", "tagger": "ner", "generator": "generate"}[have]
+            raise ServeError(422, "model", f"{model_id} is a {have}; use /v1/{route}")
         return model_id
 
     # ---- the operations ---------------------------------------------------------------------
@@ -605,16 +698,46 @@ class Gateway:
         result = await self._forward(("tag", model_id), texts, None)
         return {"model": model_id, "results": [{"entities": ents} for ents in result]}
 
-    async def _generate(self, prompt: Any, max_new_tokens: int | None, temperature: float, top_p: float,
-                        seed: int) -> dict[str, Any]:
-        handle = self._need(self.generator_h, "generate")
-        (prompt,) = self._texts(prompt, "prompt")
+    async def _generation(self, body: GenerateRequest, header: str | None, stream: bool):
+        """(handle, model id, prompts, max_new_tokens, settings) of a generate request, every limit
+        checked: a fine-tuned generator when one is named (``model`` or the multiplexing header),
+        else the pretrained one (models.generate)."""
+        named = body.model or header
+        pretrained = self.generator_h is not None and named in (None, "", self.names.get("generate"))
+        if not pretrained:
+            model_id = self._task_model(body.model, header, "generator")
+            handle = self.tasks_h.options(multiplexed_model_id=model_id)
+        else:
+            handle, model_id = self._need(self.generator_h, "generate"), self.names["generate"]
+        prompts = self._texts(body.prompt, "prompt")
+        if stream and len(prompts) > 1:
+            raise ServeError(422, "prompt", "a streamed request carries one prompt")
         lim = self.cfg.limits
-        n = max_new_tokens or lim.default_new_tokens
+        n = body.max_new_tokens or (await handle.defaults.remote())["max_new_tokens"] or lim.default_new_tokens
         if n > lim.max_new_tokens:
             raise ServeError(413, "max_new_tokens", f"{n} > limits.max_new_tokens ({lim.max_new_tokens})")
-        text = await handle.generate.remote(prompt, n, temperature, top_p, seed)
-        return {"model": self.names["generate"], "text": text}
+        beams = body.num_beams or 1
+        if beams > lim.max_beams:
+            raise ServeError(413, "num_beams", f"{beams} > limits.max_beams ({lim.max_beams})")
+        if stream and beams > 1:
+            raise ServeError(422, "num_beams", "streaming decodes token by token: num_beams must be 1")
+        settings: dict[str, Any] = {"seed": body.seed}
+        if body.temperature > 0:
+            settings.update(do_sample=True, temperature=body.temperature, top_p=body.top_p)
+        for key in ("top_k", "num_beams", "length_penalty", "no_repeat_ngram_size"):
+            if getattr(body, key) is not None:
+                settings[key] = getattr(body, key)
+        return handle, model_id, prompts, n, settings
+
+    async def _generate(self, body: GenerateRequest, header: str | None) -> dict[str, Any]:
+        handle, model_id, prompts, n, settings = await self._generation(body, header, stream=False)
+        texts = await handle.generate.remote(prompts, n, settings)
+        return {"model": model_id, "text": texts[0], "texts": texts}
+
+    async def _generate_stream(self, body: GenerateRequest, header: str | None):
+        """(model id, async iterator of ``{"text", "tokens"}`` pieces); checks run before it starts."""
+        handle, model_id, prompts, n, settings = await self._generation(body, header, stream=True)
+        return model_id, handle.options(stream=True).generate_stream.remote(prompts[0], n, settings)
 
     async def _models(self) -> dict[str, Any]:
         models = []
@@ -677,10 +800,33 @@ class Gateway:
         self._auth(request.headers.get("authorization"))
         return await self._ner(body.text, body.model, request.headers.get(MODEL_ID_HEADER))
 
-    @api.post("/v1/generate", response_model=GenerateResponse, summary="Generate text from a prompt.")
-    async def generate(self, body: GenerateRequest, request: Request) -> dict[str, Any]:
+    @api.post(
+        "/v1/generate",
+        response_model=GenerateResponse,
+        summary="Generate text from a prompt (or stream it as server-sent events with stream: true).",
+    )
+    async def generate(self, body: GenerateRequest, request: Request):
         self._auth(request.headers.get("authorization"))
-        return await self._generate(body.prompt, body.max_new_tokens, body.temperature, body.top_p, body.seed)
+        header = request.headers.get(MODEL_ID_HEADER)
+        if not body.stream:
+            return await self._generate(body, header)
+        model_id, pieces = await self._generate_stream(body, header)
+
+        async def events():
+            import json
+
+            text, tokens = "", 0
+            try:
+                async for piece in pieces:
+                    text, tokens = text + piece["text"], piece["tokens"]
+                    yield f"data: {json.dumps(piece, ensure_ascii=False)}\n\n"
+            except Exception as err:  # after the first byte the status is sent: report in-band
+                yield f"event: error\ndata: {json.dumps({'error': str(err)}, ensure_ascii=False)}\n\n"
+                return
+            done = {"model": model_id, "text": text, "tokens": tokens}
+            yield f"event: done\ndata: {json.dumps(done, ensure_ascii=False)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     # ---- gRPC (fs_ray/protos/fs_ray_serve.proto) ---------------------------------------------
     async def _grpc(self, grpc_context, reply_cls, call):
@@ -741,18 +887,44 @@ class Gateway:
 
         return await self._grpc(grpc_context, pb.NerReply, call)
 
+    @staticmethod
+    def _grpc_generate_body(request) -> GenerateRequest:
+        top_p = request.top_p or 1.0
+        if request.temperature < 0 or not 0 < top_p <= 1:
+            raise ServeError(422, "temperature/top_p", "temperature must be >= 0 and top_p in (0, 1]")
+        return GenerateRequest(
+            prompt=request.prompt, model=request.model or None, max_new_tokens=request.max_new_tokens or None,
+            temperature=request.temperature, top_p=top_p, seed=request.seed, num_beams=request.num_beams or None,
+        )  # fmt: skip
+
     async def Generate(self, request, grpc_context):
         from fs_ray.protos import fs_ray_serve_pb2 as pb
 
-        async def call(_mid):
-            top_p = request.top_p or 1.0
-            if request.temperature < 0 or not 0 < top_p <= 1:
-                raise ServeError(422, "temperature/top_p", "temperature must be >= 0 and top_p in (0, 1]")
-            return await self._generate(
-                request.prompt, request.max_new_tokens or None, request.temperature, top_p, request.seed
-            )
+        async def call(mid):
+            out = await self._generate(self._grpc_generate_body(request), mid)
+            return {"model": out["model"], "text": out["text"]}
 
         return await self._grpc(grpc_context, pb.GenerateReply, call)
+
+    async def GenerateStream(self, request, grpc_context):
+        """Server streaming: one GenerateChunk per piece of text as it is generated."""
+        import grpc
+
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        metadata = dict(grpc_context.invocation_metadata())
+        try:
+            self._auth(metadata.get("authorization"))
+            model_id, pieces = await self._generate_stream(
+                self._grpc_generate_body(request), metadata.get("multiplexed_model_id")
+            )
+            async for piece in pieces:
+                yield pb.GenerateChunk(model=model_id, text=piece["text"], tokens=piece["tokens"])
+        except ServeError as err:
+            # a streaming reply's status comes from the exception; Serve keeps a code set before it
+            grpc_context.set_code(getattr(grpc.StatusCode, GRPC_CODES.get(err.status, "INVALID_ARGUMENT")))
+            grpc_context.set_details(str(err))
+            raise
 
     async def Models(self, request, grpc_context):
         from fs_ray.protos import fs_ray_serve_pb2 as pb

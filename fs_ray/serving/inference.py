@@ -308,8 +308,45 @@ class TaskModel(_Base):
         ]
 
 
+class _Cancelled:
+    """A stopping criterion: generation ends at the next token once ``event`` is set (a streaming
+    client went away)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **_):
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _TokenQueue:
+    """A transformers streamer: token ids into a queue as ``generate`` produces them, ``None`` at the
+    end. Its first ``put`` is the prompt (a decoder) or the decoder start (seq2seq): not new tokens."""
+
+    def __init__(self):
+        import queue
+
+        self.queue: queue.Queue = queue.Queue()
+        self._first = True
+
+    def put(self, value) -> None:
+        if self._first:
+            self._first = False
+            return
+        for token in value.reshape(-1).tolist():
+            self.queue.put(token)
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
 class Generator(_Base):
-    """Text generation with a causal LM (GPT2) or a seq2seq model (T5), seeded per request."""
+    """Text generation with a causal LM (GPT2) or a seq2seq model (T5, BART, Pegasus), batched and
+    seeded per request, whole or streamed token by token.
+
+    A fine-tuned generation export (``fs_ray_task.json`` with shape ``generation``) is prompted as it
+    was trained: the card's template around the text, its end and pad ids, its ``max_target_len``
+    and decoding settings as defaults. Any other generator continues the prompt as given."""
 
     def __init__(self, folder: str, max_len: int = 1024):
         import transformers
@@ -323,49 +360,126 @@ class Generator(_Base):
         auto = "AutoModelForCausalLM" if self.kind == "clm" else "AutoModelForSeq2SeqLM"
         self.device = device()
         self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval().to(self.device)
-        # the model's own ids (generation_config.json, then config.json); the vocabulary only
-        # where the model names none
-        from fs_ray.pretrained import ModelFolder
+        card = read_task_card(folder) or {}
+        self.card = card if card.get("shape") == "generation" else None
+        if self.card:  # the ids fine-tuning used (fs_ray.data.encoding.encode_generation)
+            from fs_ray.data.encoding import Encoder
+            from fs_ray.data.tokenization import special_ids
 
-        ids = ModelFolder(folder).generation_ids
-        vocab = self.tokenizer.get_vocab()
-        self.eos = ids["eos"]
-        if self.eos is None:
-            self.eos = next((vocab[t] for t in ("</s>", "[SEP]", "<|endoftext|>") if t in vocab), None)
-        self.pad = ids["pad"]
-        if self.pad is None:
-            self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), self.eos or 0)
-        self.decoder_start = ids["decoder_start"]
+            special = special_ids(self.tokenizer).as_dict()
+            self.eos = special["sep"] if special.get("sep") is not None else special["eos"]
+            self.pad = special["pad"] if special.get("pad") is not None else self.eos
+            self.lead = [special["cls"]] if special.get("cls") is not None else []
+            self.max_len = min(self.max_len, int(self.card.get("max_len") or self.max_len))
+            self.enc = Encoder(self.tokenizer, self.max_len, "head")
+            self.decoder_start = None
+        else:
+            # the model's own ids (generation_config.json, then config.json); the vocabulary only
+            # where the model names none
+            from fs_ray.pretrained import ModelFolder
+
+            ids = ModelFolder(folder).generation_ids
+            vocab = self.tokenizer.get_vocab()
+            self.eos = ids["eos"]
+            if self.eos is None:
+                self.eos = next((vocab[t] for t in ("</s>", "[SEP]", "<|endoftext|>") if t in vocab), None)
+            self.pad = ids["pad"]
+            if self.pad is None:
+                self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), self.eos or 0)
+            self.decoder_start = ids["decoder_start"]
         self._lock = threading.Lock()  # the seed is process-wide torch state
 
-    @torch.no_grad()
-    def generate(
-        self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0
-    ) -> str:
-        ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
-        if self.kind == "clm":
-            ids = ids[-max(1, self.max_len - max_new_tokens) :]
+    @property
+    def default_new_tokens(self) -> int | None:
+        return int(self.card["max_target_len"]) if self.card else None
+
+    def encode(self, prompt: str, max_new_tokens: int, field: str = "prompt") -> list[int]:
+        if self.card:
+            from fs_ray.data.encoding import prompt_ids
+
+            room = self.max_len - len(self.lead) - 1 - (max_new_tokens if self.kind == "clm" else 0)
+            ids = [*self.lead, *prompt_ids(self.enc, self.card["prompt"], prompt, room), self.eos]
         else:
-            ids = ids[: self.max_len - 1] + ([self.eos] if self.eos is not None else [])
-        if not ids:
-            raise InputError("prompt", "no tokens in the prompt")
-        sample = temperature > 0
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": max_new_tokens,
-            "do_sample": sample,
-            "pad_token_id": self.pad,
-            "eos_token_id": self.eos,
-        }
+            ids = self.tokenizer.encode(prompt, add_special_tokens=False).ids
+            if self.kind == "clm":
+                ids = ids[-max(1, self.max_len - max_new_tokens) :]
+            else:
+                ids = ids[: self.max_len - 1] + ([self.eos] if self.eos is not None else [])
+        if not ids or not prompt.strip():
+            raise InputError(field, "no tokens in the prompt")
+        return ids
+
+    def settings(self, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, **more: Any) -> dict[str, Any]:
+        """Decoding settings of a request: the card's (fine-tuned export) under the request's own;
+        a temperature above 0 samples."""
+        s = {**((self.card or {}).get("decoding") or {}), "seed": seed}
+        if temperature > 0:
+            s.update(do_sample=True, temperature=temperature, top_p=top_p)
+        s.update({k: v for k, v in more.items() if v is not None})
+        return s
+
+    def _run(self, rows: list[list[int]], max_new_tokens: int, settings: dict, **extra) -> list[list[int]]:
+        from fs_ray.generation import generate_ids
+
+        settings = {**((self.card or {}).get("decoding") or {}), **settings}  # the card's under the request's
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
         if self.kind == "seq2seq" and self.decoder_start is not None:
-            kwargs["decoder_start_token_id"] = self.decoder_start
-        if sample:
-            kwargs.update(temperature=temperature, top_p=top_p)
-        inputs = torch.tensor([ids], dtype=torch.long, device=self.device)
+            extra["decoder_start_token_id"] = self.decoder_start
+        return generate_ids(
+            self.model, ids, mask, decoder=self.kind == "clm", max_new_tokens=max_new_tokens, settings=settings,
+            eos=self.eos if self.eos is not None else -1, pad=self.pad, **extra,
+        )  # fmt: skip
+
+    def generate_batch(self, prompts: list[str], max_new_tokens: int, settings: dict[str, Any]) -> list[str]:
+        """One batched decode of several prompts under the same settings."""
+        from fs_ray.generation import decode_text
+
+        rows = [self.encode(p, max_new_tokens, f"prompt[{i}]") for i, p in enumerate(prompts)]
         with self._lock:
-            torch.manual_seed(seed)
-            out = self.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), **kwargs)
-        new = (out[0, inputs.shape[1] :] if self.kind == "clm" else out[0]).cpu()
-        return detokenize(self.tokenizer.decode(new.tolist(), skip_special_tokens=True))
+            out = self._run(rows, max_new_tokens, settings)
+        return [decode_text(self.tokenizer, seq) for seq in out]
+
+    def generate(
+        self, prompt: str, max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+        **more: Any,
+    ) -> str:  # fmt: skip
+        return self.generate_batch([prompt], max_new_tokens, self.settings(temperature, top_p, seed, **more))[0]
+
+    def stream(self, prompt: str, max_new_tokens: int, settings: dict[str, Any], cancelled: threading.Event):
+        """Text pieces as the tokens come (greedy or sampling, one prompt); setting ``cancelled``
+        stops the generation at its next token. Yields ``(piece, tokens so far)``."""
+        from fs_ray.generation import decode_text
+
+        if int(settings.get("num_beams", 1)) > 1:
+            raise InputError("num_beams", "streaming decodes token by token: num_beams must be 1")
+        row = self.encode(prompt, max_new_tokens)
+        streamer = _TokenQueue()
+        from transformers import StoppingCriteriaList
+
+        def work() -> None:
+            try:
+                with self._lock:
+                    self._run([row], max_new_tokens, settings, streamer=streamer,
+                              stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]))  # fmt: skip
+            except Exception:
+                streamer.end()
+                raise
+
+        thread = threading.Thread(target=work, daemon=True, name="fs_ray-generate-stream")
+        thread.start()
+        tokens: list[int] = []
+        shown = ""
+        while (token := streamer.queue.get()) is not None:
+            if token == self.eos:
+                continue  # generate stops here; nothing after it is text
+            tokens.append(token)
+            text = decode_text(self.tokenizer, tokens)
+            if text.startswith(shown) and len(text) > len(shown) and not text.endswith("\ufffd"):
+                yield text[len(shown) :], len(tokens)
+                shown = text
+        thread.join()
 
 
 def detokenize(text: str) -> str:

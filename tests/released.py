@@ -267,14 +267,14 @@ LAYOUTS = [
         "head",
         ("vocab.txt",),
     ),
-    Layout("Wenzhong-GPT2-110M", "wenzhong", "clm", gpt2, "clm", None, ("vocab.json", "merges.txt")),
+    Layout("Wenzhong-GPT2-110M", "wenzhong", "clm", gpt2, "clm", "clm", ("vocab.json", "merges.txt")),
     Layout(
         "Randeng-T5-77M",
         "randeng",
         "seq2seq",
         t5,
         "span",
-        None,
+        "seq2seq",
         ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
     ),
     Layout(
@@ -283,7 +283,7 @@ LAYOUTS = [
         "seq2seq",
         lambda out: t5(out, drop_architectures=True),
         "span",
-        None,
+        "seq2seq",
         ("spiece.model", "tokenizer_config.json", "special_tokens_map.json"),
     ),
     Layout(
@@ -292,7 +292,7 @@ LAYOUTS = [
         "seq2seq",
         bart_spm,
         "bart",
-        None,
+        "seq2seq",
         ("spiece.model", "tokenizer_config.json", "added_tokens.json", "special_tokens_map.json"),
     ),
     Layout(
@@ -301,7 +301,7 @@ LAYOUTS = [
         "seq2seq",
         bart_bert,
         "bart",
-        None,
+        "seq2seq",
         ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json"),
     ),
     Layout(
@@ -310,7 +310,7 @@ LAYOUTS = [
         "seq2seq",
         pegasus,
         "gsg",
-        None,
+        "seq2seq",
         ("vocab.txt", "tokenizer_config.json"),
     ),
 ]  # Yuyuan-GPT2-3.5B is Wenzhong's layout (GPT2LMHeadModel, the same BPE files)

@@ -165,3 +165,20 @@ def test_builtin_csl_and_lcsts_readers_on_published_rows():
     split = load_split("lcsts", spec, str(TESTDATA), "full")
     assert len(split.dev) == 12 and split.dev[0].label == "对赌协议的18个致命陷阱"
     assert split.dev[0].texts[0].startswith("很多创业者对对赌协议谈虎色变")
+
+
+def test_inputs_longer_than_the_models_positions_are_refused_before_the_cluster(data, tmp_path):
+    from tests.model_folders import gpt2_folder
+
+    folder = gpt2_folder(tmp_path / "short", n_positions=32)
+    c = cfg(
+        data, f"model.from_pretrained={folder}", "model.family=wenzhong", "methods=[clm]", "task.max_len=40"
+    )
+    with pytest.raises(
+        finetune.FinetuneError, match=r"task.max_len 40 is longer than the 32 positions .*lower it to 32"
+    ):
+        finetune.plan(c)
+    c = cfg(
+        data, f"model.from_pretrained={folder}", "model.family=wenzhong", "methods=[clm]", "task.max_len=32"
+    )
+    assert finetune.plan(c)["splits"]["sep_gen"]["full"].dev

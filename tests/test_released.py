@@ -122,10 +122,12 @@ def test_released_layout_loads_continues_finetunes_saves_and_serves(lay, folders
 
     if lay.method:  # one fine-tuning step through the plan (the refusals it makes are tested below)
         reinit = ["model.reinit_head=true"] if lay.name.endswith("Sentiment") else []
-        cfg = finetune_cfg(tasks, folder, f"methods=[{lay.method}]", *reinit)
-        p = finetune.plan(cfg)
-        split = p["splits"]["sep_single"]["0"]
         method = get_method(lay.method)
+        generates = method.check_shape("generation") is None  # seq2seq / clm: the title task
+        task, shape = ("sep_gen", "generation") if generates else ("sep_single", "single")
+        cfg = finetune_cfg(tasks, folder, f"methods=[{lay.method}]", f"task.names=[{task}]", *reinit)
+        p = finetune.plan(cfg)
+        split = p["splits"][task]["full" if generates else "0"]
         from fs_ray.data.encoding import Encoder
 
         enc = Encoder(p["tokenizer"], 32, "head")
@@ -134,11 +136,11 @@ def test_released_layout_loads_continues_finetunes_saves_and_serves(lay, folders
         special = special_ids(p["tokenizer"]).as_dict()
         model = build_model(
             cfg.model,
-            method.auto_class("single"),
+            method.auto_class(shape),
             0,
             32,
             special,
-            head_kwargs=method.head_kwargs("single", split.labels),
+            head_kwargs=method.head_kwargs(shape, split.labels),
         )
         loss = _step(method.wrap(model, enc.yes), {k: v for k, v in batch.items() if k != "row"})
         assert np.isfinite(loss)

@@ -90,6 +90,27 @@ def test_bad_search_space_is_refused_naming_the_field(tmp_path, space, message):
         check(_load(_config(tmp_path, search_space=space, search_alg="random")))
 
 
+def test_a_generation_sweep_optimises_rouge_l_and_refuses_classification_methods(tmp_path):
+    from tests.task_data import SPECS
+
+    _write_tasks(tmp_path / "data")
+    gen_spec = yaml.safe_load(next(s for s in SPECS if s.startswith("task_specs.sep_gen=")).split("=", 1)[1])
+    base = _config(tmp_path)["base"] | {
+        "task_specs": {"sep_gen": gen_spec},
+        "model": {"family": "randeng", "preset": "tiny"},
+        "tokenizer": {"source": "bert-chinese-sentinels"},
+        "task": {"data_root": str(tmp_path / "data"), "max_len": 40},
+        "methods": ["seq2seq"],
+    }
+    data = _config(tmp_path, tasks=["sep_gen"], splits=["full"], base=base)
+    plans = check(_load(data))
+    assert plans["sep_gen"]["specs"]["sep_gen"].metric == "rougeL"  # the dev metric every trial reports
+    data["search_space"] = {"method": {"type": "choice", "values": ["seq2seq", "head"]}}
+    data["search_alg"] = "random"
+    with pytest.raises(SweepError, match="task sep_gen: head: a generation task needs seq2seq"):
+        check(_load(data))
+
+
 def test_bad_sweep_config_exits_2_before_any_trial(tmp_path):
     _write_tasks(tmp_path / "data", single_splits=("0", "1"))
     cases = {  # config -> what the message must name

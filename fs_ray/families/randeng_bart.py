@@ -46,7 +46,7 @@ FAMILY = Family(
     name="randeng-bart",
     summary="BART encoder-decoder (text infilling + sentence permutation), 139M-759M: generation",
     presets={
-        "tiny": Preset(_bart(64, 2, 2, 256)),
+        "tiny": Preset(_bart(64, 2, 2, 256, max_position_embeddings=512)),  # fine-tuning inputs outgrow 128
         # bart-base's shape; released with a 40,000-piece SentencePiece tokenizer (T5Tokenizer class)
         "139m": Preset(
             _bart(768, 6, 12, 3072, vocab_size=BART_VOCAB, max_position_embeddings=1024),

@@ -154,6 +154,17 @@ def check_pretrained(cfg: FinetuneConfig, specs: dict[str, TaskSpec]):
             )
             if problem:
                 raise FinetuneError(f"model.from_pretrained: {problem}")
+    positions = folder.config.get("max_position_embeddings") or folder.config.get("n_positions")
+    if positions:
+        for name, spec in specs.items():
+            tcfg = cfg.for_task(name)
+            longest = max(tcfg.task.max_len, spec.max_target_len if spec.shape == "generation" else 0)
+            if longest > positions:
+                what = "task.max_len" if longest == tcfg.task.max_len else f"task {name}'s max_target_len"
+                raise FinetuneError(
+                    f"{what} {longest} is longer than the {positions} positions {folder.path} was built with "
+                    f"(max_position_embeddings / n_positions in its config.json); lower it to {positions} or less"
+                )
     if not folder.has_tokenizer:
         raise FinetuneError(
             f"model.from_pretrained: {folder.path} has no tokenizer files (tokenizer.json, vocab.txt, "

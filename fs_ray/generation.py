@@ -82,9 +82,10 @@ def generate_ids(
     }
     if s["do_sample"]:
         kwargs.update(temperature=float(s["temperature"]), top_k=int(s["top_k"]), top_p=float(s["top_p"]))
-        torch.manual_seed(int(s["seed"]))
     kwargs.update(extra)
-    with torch.no_grad():
+    # seeded sampling without disturbing the caller's random state (a training worker's masks)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(s["seed"]))
         out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     new = out[:, input_ids.shape[1] :] if decoder else out[:, 1:]  # drop the prompt / decoder start
     rows = []

@@ -83,7 +83,9 @@ def gpt2_folder(out: Path, seed: int = 0, **shape) -> Path:
     return _save(AutoModelForCausalLM.from_config(cfg), tok, out)
 
 
-def generation_folder(out: Path, seed: int = 0, prompt: str = "{text}\n标题：", max_target_len: int = 12) -> Path:
+def generation_folder(
+    out: Path, seed: int = 0, prompt: str = "{text}\n标题：", max_target_len: int = 12, num_beams: int = 2
+) -> Path:
     """A Randeng (T5) fine-tuned for a generation task: the export plus its generation task card."""
     from transformers import AutoModelForSeq2SeqLM
 
@@ -93,7 +95,8 @@ def generation_folder(out: Path, seed: int = 0, prompt: str = "{text}\n标题：
     torch.manual_seed(seed)
     card = {"task": "csl_title", "method": "seq2seq", "shape": "generation", "labels": [], "verbalizer": {},
             "question": "", "max_len": 64, "truncation": "head", "prompt": prompt,
-            "max_target_len": max_target_len, "decoding": {**DECODING, "no_repeat_ngram_size": 2},
+            "max_target_len": max_target_len,
+            "decoding": {**DECODING, "no_repeat_ngram_size": 2, "num_beams": num_beams},
             "trained_on": "tests"}  # fmt: skip
     return _save(AutoModelForSeq2SeqLM.from_config(_config("randeng", "tiny", tok)), tok, out, card)
 

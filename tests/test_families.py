@@ -92,6 +92,8 @@ def test_a_family_that_is_not_implemented_is_refused_naming_those_that_are():
         load_config(PretrainConfig, None, ["model.family=randeng", "model.objective=mlm"])
     with pytest.raises(ConfigError, match=r"poisson: not an option of objective bart \(its options: mask_ratio"):
         load_config(PretrainConfig, None, ["model.family=randeng-bart", "model.objective_options={poisson: 3}"])
+    with pytest.raises(ConfigError, match=r"poisson_lambda: must be above 0, got 0"):
+        load_config(PretrainConfig, None, ["model.family=randeng-bart", "model.objective_options={poisson_lambda: 0}"])
     with pytest.raises(ConfigError, match=r"gap_ratio: a ratio between 0 and 1, got 1.5"):
         load_config(PretrainConfig, None, ["model.family=randeng-pegasus", "model.objective_options={gap_ratio: 1.5}"])
     cfg = load_config(PretrainConfig, None, ["model.family=randeng-bart", "model.objective_options={mask_ratio: 0.2}"])

@@ -3,6 +3,7 @@ seq2seq and causal-LM rows, decoding a batch, and the refusals (no Ray: fast tie
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,10 @@ def test_clm_rows_put_the_loss_on_the_target_only_and_evaluate_from_the_prompt(d
     assert tok.decode(ids[-n_target:-1].tolist()).replace(" ", "") == split.train[0].label
     (dev,) = encode_generation(split, split.dev[:1], enc, special, True, False, decoder=True)
     assert "labels" not in dev and dev["input_ids"][int(dev["attention_mask"].sum()) - 1] == special["sep"]
+    # the prompt leaves room for the target: decoding never runs past max_len (the model's positions)
+    long = split.dev[0].__class__(id=0, texts=["长" * 200], label="标题")
+    (cut,) = encode_generation(split, [long], enc, special, True, False, decoder=True)
+    assert int(cut["attention_mask"].sum()) <= 40 - split.spec.max_target_len
 
 
 def test_batched_generation_stops_at_the_end_token_and_decodes_text():
@@ -182,3 +187,28 @@ def test_inputs_longer_than_the_models_positions_are_refused_before_the_cluster(
         data, f"model.from_pretrained={folder}", "model.family=wenzhong", "methods=[clm]", "task.max_len=32"
     )
     assert finetune.plan(c)["splits"]["sep_gen"]["full"].dev
+
+
+def test_a_stream_left_early_stops_its_generation_and_frees_the_model(tmp_path):
+    import threading
+
+    from fs_ray.serving.inference import Generator
+    from tests.model_folders import gpt2_folder
+
+    gen = Generator(str(gpt2_folder(tmp_path / "gpt2", n_positions=2100)))
+    cancelled = threading.Event()
+    stream = gen.stream("今天天气", 2000, {}, cancelled)
+    pieces = [next(stream), next(stream)]
+    stream.close()  # the consumer goes away after two pieces
+    assert cancelled.is_set() and [n for _, n in pieces] == [1, 2]
+    deadline = time.monotonic() + 10
+    while (
+        any(t.name == "fs_ray-generate-stream" for t in threading.enumerate()) and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    assert not any(t.name == "fs_ray-generate-stream" for t in threading.enumerate())
+    assert gen._lock.acquire(timeout=1)  # nothing holds the model any more
+    gen._lock.release()
+    # a card-less model streams what it generates whole
+    whole = gen.generate("今天天气", 20)
+    assert "".join(p for p, _ in gen.stream("今天天气", 20, {}, threading.Event())) == whole

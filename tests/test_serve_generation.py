@@ -91,8 +91,9 @@ def test_fine_tuned_generators_are_served_by_model_id_with_their_task_card(serve
     r = post(server, {"prompt": sources, "model": "title"})
     assert r.status_code == 200, r.text
     body = r.json()
-    # the card's prompt template, max_target_len (12) and decoding (no_repeat_ngram_size 2) by default
+    # the card's prompt template, max_target_len (12) and decoding (2 beams, no_repeat_ngram_size 2)
     assert body["model"] == "title" and body["texts"] == direct.generate_batch(sources, 12, direct.settings())
+    assert direct.generate_batch(sources, 12, {"num_beams": 2}) == body["texts"]
     assert body["text"] == body["texts"][0]
     listed = {
         m["id"]: m["kind"] for m in requests.get(f"{server['url']}/v1/models", timeout=30).json()["models"]
@@ -145,11 +146,15 @@ def test_grpc_stream_matches_the_unary_reply(server):
     chunks = list(stub.GenerateStream(request, metadata=app))
     assert len(chunks) > 5 and chunks[-1].tokens == 40
     assert "".join(c.text for c in chunks) == unary.text and {c.model for c in chunks} == {"wenzhong-slow"}
+    # the title model's card decodes with 2 beams; a stream is token by token, so greedy
     titled = list(stub.GenerateStream(pb.GenerateRequest(prompt="上海今天下雨", model="title"), metadata=app))
-    assert (
-        "".join(c.text for c in titled)
-        == stub.Generate(pb.GenerateRequest(prompt="上海今天下雨", model="title"), metadata=app).text
+    greedy = stub.Generate(
+        pb.GenerateRequest(prompt="上海今天下雨", model="title", num_beams=1), metadata=app
     )
+    assert "".join(c.text for c in titled) == greedy.text
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Generate(pb.GenerateRequest(prompt=PROMPT, temperature=9.0), metadata=app)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "temperature" in err.value.details()
     with pytest.raises(grpc.RpcError) as err:
         list(stub.GenerateStream(pb.GenerateRequest(prompt=PROMPT, max_new_tokens=LIMIT + 1), metadata=app))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_new_tokens" in err.value.details()
@@ -165,6 +170,7 @@ def test_grpc_stream_matches_the_unary_reply(server):
         ({"prompt": PROMPT, "model": "nope"}, 404, "model"),
         ({"prompt": PROMPT, "model": "senti"}, 422, "model"),
         ({"prompt": "   "}, 422, "prompt"),
+        ({"prompt": "\u200b"}, 422, "prompt"),  # no tokens: refused in the replica, still a 422
         ({"prompt": PROMPT, "temperature": -1}, 422, "temperature"),
     ],
 )

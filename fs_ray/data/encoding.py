@@ -331,7 +331,7 @@ def encode_generation(
     for row, ex in enumerate(examples):
         target = [*enc.ids(ex.label)[: tgt_len - 1], end] if labelled and ex.label else []
         if decoder:
-            room = enc.max_len - len(lead) - 1 - (tgt_len if train else 0)
+            room = enc.max_len - len(lead) - 1 - tgt_len  # evaluation generates into the same room
             if room < 8:
                 raise ValueError(
                     f"task.max_len {enc.max_len} leaves no room for the source after {tgt_len} target tokens"

@@ -84,6 +84,7 @@ FAMILY = Family(
     summary="T5 encoder-decoder (span corruption), 77M-784M: understanding + generation",
     presets={
         "tiny": Preset(_t5(64, 256, 2, 2, d_kv=32)),
+        "small": Preset(_t5(256, 1024, 4, 4)),  # the CPU quality-table shape, 4 + 4 layers
         # mT5-small's shape with Randeng's vocabulary
         "77m": Preset(
             _t5(512, 1024, 8, 6, vocab_size=RANDENG_T5_VOCAB),

@@ -47,6 +47,8 @@ FAMILY = Family(
     summary="BART encoder-decoder (text infilling + sentence permutation), 139M-759M: generation",
     presets={
         "tiny": Preset(_bart(64, 2, 2, 256, max_position_embeddings=512)),  # fine-tuning inputs outgrow 128
+        # the CPU quality-table shape (Erlangshen small's width): 4 + 4 layers, 256 wide
+        "small": Preset(_bart(256, 4, 4, 1024, max_position_embeddings=512)),
         # bart-base's shape; released with a 40,000-piece SentencePiece tokenizer (T5Tokenizer class)
         "139m": Preset(
             _bart(768, 6, 12, 3072, vocab_size=BART_VOCAB, max_position_embeddings=1024),

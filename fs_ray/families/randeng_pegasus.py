@@ -124,6 +124,7 @@ FAMILY = Family(
     summary="Pegasus encoder-decoder (gap sentences, jieba-word tokenizer), 238M-523M: summaries",
     presets={
         "tiny": Preset(_pegasus(64, 2, 2, 256, max_position_embeddings=512)),
+        "small": Preset(_pegasus(256, 4, 4, 1024, max_position_embeddings=512)),  # the CPU table's shape
         "238m": Preset(
             _pegasus(768, 12, 12, 3072, vocab_size=PEGASUS_VOCAB, max_position_embeddings=1024),
             published="IDEA-CCNL/Randeng-Pegasus-238M-Chinese",

@@ -219,6 +219,7 @@ class Generation(Method):
             eos=info["generation_end"],
             pad=info["generation_pad"],
             synced=work.world > 1 and work.deepspeed.zero_stage == 3,
+            forced_bos_token_id=None,  # targets start with their first token (a released BART may force a BOS)
         )
         tok = work.tokenizer
         return [(uid, decode_text(tok, seq)) for uid, seq in zip(batch["uid"].tolist(), ids, strict=True)]

@@ -31,6 +31,8 @@ class Objective:
                 return f"{key}: must be a non-negative number, got {value!r}"
             if key.endswith("ratio") and value > 1:
                 return f"{key}: a ratio between 0 and 1, got {value!r}"
+            if key in ("poisson_lambda", "mean_span") and value <= 0:
+                return f"{key}: must be above 0, got {value!r}"
         return None
 
     def settings(self, given: dict[str, Any] | None) -> dict[str, float]:

@@ -61,6 +61,23 @@ class ServeError(Exception):
         return ServeError, (self.status, self.field, self.message)
 
 
+def _last_line(err: BaseException) -> str:
+    """A replica error's own message, without Ray's remote traceback."""
+    lines = [x for x in str(getattr(err, "cause", None) or err).strip().splitlines() if x.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def refused(err: BaseException) -> ServeError | None:
+    """The 4xx a replica's error stands for: an :class:`~fs_ray.serving.inference.InputError`
+    raised in the replica (Ray wraps it; its ``cause`` is the original), else None."""
+    from fs_ray.serving.inference import InputError
+
+    cause = getattr(err, "cause", None) or err
+    if isinstance(cause, InputError):
+        return ServeError(cause.status, cause.field, cause.message)
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # model discovery (driver side, reads only small JSON files)
 # ---------------------------------------------------------------------------------------------
@@ -296,11 +313,12 @@ class StreamStats:
     and the tokens the last one generated (``/readyz`` shows them)."""
 
     def __init__(self):
-        self.started = self.finished = self.cancelled = self.last_tokens = 0
+        self.started = self.finished = self.cancelled = self.failed = self.last_tokens = 0
 
     def info(self) -> dict[str, int]:
         return {"streams_started": self.started, "streams_finished": self.finished,
-                "streams_cancelled": self.cancelled, "last_stream_tokens": self.last_tokens}  # fmt: skip
+                "streams_cancelled": self.cancelled, "streams_failed": self.failed,
+                "last_stream_tokens": self.last_tokens}  # fmt: skip
 
 
 async def stream_pieces(model, prompt: str, max_new_tokens: int, settings: dict[str, Any], stats: StreamStats):
@@ -321,7 +339,7 @@ async def stream_pieces(model, prompt: str, max_new_tokens: int, settings: dict[
             for piece, n in model.stream(prompt, max_new_tokens, settings, cancelled):
                 stats.last_tokens = n
                 pieces.put({"text": piece, "tokens": n})
-        except InputError as err:
+        except BaseException as err:  # a bad request (InputError) or a failed generation: the caller's
             pieces.put(err)
         finally:
             pieces.put(done)
@@ -330,16 +348,18 @@ async def stream_pieces(model, prompt: str, max_new_tokens: int, settings: dict[
     stats.last_tokens = 0
     thread = threading.Thread(target=work, daemon=True, name="fs_ray-stream")
     thread.start()
-    finished = False
+    ended = False
     try:
         while (item := await asyncio.to_thread(pieces.get)) is not done:
-            if isinstance(item, InputError):
-                raise item
+            if isinstance(item, BaseException):
+                ended = True
+                stats.failed += 1
+                raise item if isinstance(item, InputError) else RuntimeError(f"generation failed: {item}")
             yield item
-        finished = True
+        ended = True
         stats.finished += 1
     finally:
-        if not finished:
+        if not ended:  # the request was cancelled: the client went away
             cancelled.set()
             stats.cancelled += 1
 
@@ -713,7 +733,9 @@ class Gateway:
         if stream and len(prompts) > 1:
             raise ServeError(422, "prompt", "a streamed request carries one prompt")
         lim = self.cfg.limits
-        n = body.max_new_tokens or (await handle.defaults.remote())["max_new_tokens"] or lim.default_new_tokens
+        # unset: a fine-tuned task's max_target_len (never past the limit), else the server default
+        card_default = (await handle.defaults.remote())["max_new_tokens"]
+        n = body.max_new_tokens or (min(card_default, lim.max_new_tokens) if card_default else lim.default_new_tokens)
         if n > lim.max_new_tokens:
             raise ServeError(413, "max_new_tokens", f"{n} > limits.max_new_tokens ({lim.max_new_tokens})")
         beams = body.num_beams or 1
@@ -731,7 +753,10 @@ class Gateway:
 
     async def _generate(self, body: GenerateRequest, header: str | None) -> dict[str, Any]:
         handle, model_id, prompts, n, settings = await self._generation(body, header, stream=False)
-        texts = await handle.generate.remote(prompts, n, settings)
+        try:
+            texts = await handle.generate.remote(prompts, n, settings)
+        except Exception as err:
+            raise refused(err) or err from None
         return {"model": model_id, "text": texts[0], "texts": texts}
 
     async def _generate_stream(self, body: GenerateRequest, header: str | None):
@@ -821,7 +846,9 @@ class Gateway:
                     text, tokens = text + piece["text"], piece["tokens"]
                     yield f"data: {json.dumps(piece, ensure_ascii=False)}\n\n"
             except Exception as err:  # after the first byte the status is sent: report in-band
-                yield f"event: error\ndata: {json.dumps({'error': str(err)}, ensure_ascii=False)}\n\n"
+                known = refused(err)
+                error = known.body() if known else {"error": _last_line(err), "field": ""}
+                yield f"event: error\ndata: {json.dumps(error, ensure_ascii=False)}\n\n"
                 return
             done = {"model": model_id, "text": text, "tokens": tokens}
             yield f"event: done\ndata: {json.dumps(done, ensure_ascii=False)}\n\n"
@@ -889,13 +916,19 @@ class Gateway:
 
     @staticmethod
     def _grpc_generate_body(request) -> GenerateRequest:
+        from pydantic import ValidationError
+
         top_p = request.top_p or 1.0
         if request.temperature < 0 or not 0 < top_p <= 1:
             raise ServeError(422, "temperature/top_p", "temperature must be >= 0 and top_p in (0, 1]")
-        return GenerateRequest(
-            prompt=request.prompt, model=request.model or None, max_new_tokens=request.max_new_tokens or None,
-            temperature=request.temperature, top_p=top_p, seed=request.seed, num_beams=request.num_beams or None,
-        )  # fmt: skip
+        try:
+            return GenerateRequest(
+                prompt=request.prompt, model=request.model or None, max_new_tokens=request.max_new_tokens or None,
+                temperature=request.temperature, top_p=top_p, seed=request.seed, num_beams=request.num_beams or None,
+            )  # fmt: skip
+        except ValidationError as err:  # the same limits as the HTTP schema, named the same way
+            first = err.errors()[0]
+            raise ServeError(422, ".".join(str(p) for p in first["loc"]), first["msg"]) from None
 
     async def Generate(self, request, grpc_context):
         from fs_ray.protos import fs_ray_serve_pb2 as pb
@@ -918,8 +951,11 @@ class Gateway:
             model_id, pieces = await self._generate_stream(
                 self._grpc_generate_body(request), metadata.get("multiplexed_model_id")
             )
-            async for piece in pieces:
-                yield pb.GenerateChunk(model=model_id, text=piece["text"], tokens=piece["tokens"])
+            try:
+                async for piece in pieces:
+                    yield pb.GenerateChunk(model=model_id, text=piece["text"], tokens=piece["tokens"])
+            except Exception as err:
+                raise refused(err) or err from None
         except ServeError as err:
             # a streaming reply's status comes from the exception; Serve keeps a code set before it
             grpc_context.set_code(getattr(grpc.StatusCode, GRPC_CODES.get(err.status, "INVALID_ARGUMENT")))

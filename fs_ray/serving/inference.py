@@ -42,6 +42,15 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.status = status
+        self.message = message
+
+    def __reduce__(self):  # raised in a Serve replica, it reaches the gateway whole
+        return InputError, (self.field, self.message, self.status)
+
+
+# one generation at a time per process: sampling seeds torch's process-wide generator, and several
+# multiplexed generators may share a replica
+_GENERATE_LOCK = threading.Lock()
 
 
 def read_config(folder: str) -> dict:
@@ -387,7 +396,7 @@ class Generator(_Base):
             if self.pad is None:
                 self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), self.eos or 0)
             self.decoder_start = ids["decoder_start"]
-        self._lock = threading.Lock()  # the seed is process-wide torch state
+        self._lock = _GENERATE_LOCK
 
     @property
     def default_new_tokens(self) -> int | None:
@@ -422,6 +431,8 @@ class Generator(_Base):
         from fs_ray.generation import generate_ids
 
         settings = {**((self.card or {}).get("decoding") or {}), **settings}  # the card's under the request's
+        if self.card:  # fine-tuned targets start with their first token, never a forced BOS
+            extra.setdefault("forced_bos_token_id", None)
         width = max(map(len, rows))
         ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
@@ -436,7 +447,8 @@ class Generator(_Base):
         """One batched decode of several prompts under the same settings."""
         from fs_ray.generation import decode_text
 
-        rows = [self.encode(p, max_new_tokens, f"prompt[{i}]") for i, p in enumerate(prompts)]
+        names = ["prompt"] if len(prompts) == 1 else [f"prompt[{i}]" for i in range(len(prompts))]
+        rows = [self.encode(p, max_new_tokens, name) for p, name in zip(prompts, names, strict=True)]
         with self._lock:
             out = self._run(rows, max_new_tokens, settings)
         return [decode_text(self.tokenizer, seq) for seq in out]
@@ -448,38 +460,50 @@ class Generator(_Base):
         return self.generate_batch([prompt], max_new_tokens, self.settings(temperature, top_p, seed, **more))[0]
 
     def stream(self, prompt: str, max_new_tokens: int, settings: dict[str, Any], cancelled: threading.Event):
-        """Text pieces as the tokens come (greedy or sampling, one prompt); setting ``cancelled``
-        stops the generation at its next token. Yields ``(piece, tokens so far)``."""
+        """Text pieces as the tokens come (greedy or sampling, one prompt: beams never stream, a
+        card's ``num_beams`` included); setting ``cancelled`` stops the generation at its next token,
+        and so does leaving the loop early. Yields ``(piece, tokens so far)``; an error in the
+        generation is raised here, after the pieces that came before it."""
+        from transformers import StoppingCriteriaList
+
         from fs_ray.generation import decode_text
 
         if int(settings.get("num_beams", 1)) > 1:
             raise InputError("num_beams", "streaming decodes token by token: num_beams must be 1")
         row = self.encode(prompt, max_new_tokens)
         streamer = _TokenQueue()
-        from transformers import StoppingCriteriaList
+        failed: list[BaseException] = []
 
         def work() -> None:
             try:
                 with self._lock:
-                    self._run([row], max_new_tokens, settings, streamer=streamer,
+                    self._run([row], max_new_tokens, {**settings, "num_beams": 1}, streamer=streamer,
                               stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]))  # fmt: skip
-            except Exception:
+            except BaseException as err:  # handed to the consumer below
+                failed.append(err)
                 streamer.end()
-                raise
 
         thread = threading.Thread(target=work, daemon=True, name="fs_ray-generate-stream")
         thread.start()
         tokens: list[int] = []
         shown = ""
-        while (token := streamer.queue.get()) is not None:
-            if token == self.eos:
-                continue  # generate stops here; nothing after it is text
-            tokens.append(token)
+        try:
+            while (token := streamer.queue.get()) is not None:
+                if token == self.eos:
+                    continue  # generate stops here; nothing after it is text
+                tokens.append(token)
+                text = decode_text(self.tokenizer, tokens)
+                if text.startswith(shown) and len(text) > len(shown) and not text.endswith("\ufffd"):
+                    yield text[len(shown) :], len(tokens)
+                    shown = text
+            thread.join()
+            if failed:
+                raise failed[0]
             text = decode_text(self.tokenizer, tokens)
-            if text.startswith(shown) and len(text) > len(shown) and not text.endswith("\ufffd"):
+            if text != shown and text.startswith(shown):  # held back while it was not yet clean
                 yield text[len(shown) :], len(tokens)
-                shown = text
-        thread.join()
+        finally:
+            cancelled.set()  # the consumer left early: stop at the next token
 
 
 def detokenize(text: str) -> str:

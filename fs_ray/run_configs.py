@@ -622,14 +622,17 @@ class ServeModels(Section):
     )
     tasks: str | None = Field(
         None,
-        description="A fine-tuned export (classifier or BIO tagger), or a folder of them: each subfolder "
-        "with a config.json is one model id, multiplexed on one deployment (/v1/classify, /v1/ner).",
+        description="A fine-tuned export (classifier, BIO tagger or generator), or a folder of them such as a "
+        "fine-tuning run directory: each export is one model id (its path below this folder, '/' -> '-', "
+        "e.g. csl_title-seq2seq-split_full), multiplexed on one deployment (/v1/classify, /v1/ner, /v1/generate).",
     )
     default_task_model: str | None = Field(
         None, description="Model id used when a request names none (default: the first id, sorted)."
     )
     generate: str | None = Field(
-        None, description="Causal LM (Wenzhong/Yuyuan GPT2) or seq2seq (Randeng T5) folder: /v1/generate."
+        None,
+        description="A pretrained causal LM (Wenzhong/Yuyuan GPT2) or seq2seq (Randeng T5/BART/Pegasus) folder: "
+        "/v1/generate when a request names no fine-tuned generator.",
     )
 
 

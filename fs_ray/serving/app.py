@@ -725,7 +725,13 @@ class Gateway:
         named = body.model or header
         pretrained = self.generator_h is not None and named in (None, "", self.names.get("generate"))
         if not pretrained:
-            model_id = self._task_model(body.model, header, "generator")
+            if not named:  # no pretrained generator: the default model if it generates, else the first that does
+                gens = sorted(m for m, info in self.registry.items() if info["kind"] == "generator")
+                if not gens:
+                    raise ServeError(404, "model", "this server has no generator (models.generate is not set "
+                                     "and models.tasks holds no fine-tuned generator)")  # fmt: skip
+                named = self.default_model if self.default_model in gens else gens[0]
+            model_id = self._task_model(named, None, "generator")
             handle = self.tasks_h.options(multiplexed_model_id=model_id)
         else:
             handle, model_id = self._need(self.generator_h, "generate"), self.names["generate"]

@@ -337,6 +337,8 @@ async def stream_pieces(model, prompt: str, max_new_tokens: int, settings: dict[
     def work() -> None:
         try:
             for piece, n in model.stream(prompt, max_new_tokens, settings, cancelled):
+                if cancelled.is_set():
+                    break  # nobody reads on: leaving the stream stops the generation
                 stats.last_tokens = n
                 pieces.put({"text": piece, "tokens": n})
         except BaseException as err:  # a bad request (InputError) or a failed generation: the caller's

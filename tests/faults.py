@@ -23,6 +23,19 @@ def train_worker_pids() -> list[int]:
     return [pid for _, pid in sorted(found)]
 
 
+def checkpoint_registered(train_dir) -> Callable[[], bool]:
+    """True once Ray Train's controller has registered a checkpoint of a run under ``train_dir``
+    (it writes this snapshot when it has)."""
+
+    def registered() -> bool:
+        return any(
+            "checkpoint_step" in p.read_text(errors="replace")
+            for p in train_dir.glob("*/checkpoint_manager_snapshot.json")
+        )
+
+    return registered
+
+
 class WorkerKiller(threading.Thread):
     """Once ``when()`` is true, SIGKILL one Ray Train worker (the ``index``-th oldest); ``killed``
     holds its pid. Gives up after ``timeout_s`` (the test then fails on ``killed`` being empty)."""

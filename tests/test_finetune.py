@@ -19,7 +19,7 @@ from fs_ray.data.tasks import load_split
 from fs_ray.data.tokenization import load_tokenizer
 from fs_ray.run_configs import FinetuneConfig
 from fs_ray.training.finetune import run
-from tests.faults import WorkerKiller
+from tests.faults import WorkerKiller, checkpoint_registered
 from tests.task_data import SPECS, _write_tasks
 
 
@@ -165,14 +165,8 @@ def test_killed_worker_resumes_at_the_last_evaluated_epoch(ray_local, tmp_path):
     )
     train_dir = tmp_path / "runs" / cfg.run.name / "train"
 
-    def checkpoint_registered() -> bool:
-        # Ray Train's controller writes this snapshot once it has registered a checkpoint
-        return any(
-            "checkpoint_step" in p.read_text(errors="replace")
-            for p in train_dir.glob("*/checkpoint_manager_snapshot.json")
-        )
 
-    killer = WorkerKiller(checkpoint_registered)
+    killer = WorkerKiller(checkpoint_registered(train_dir))
     killer.start()
     try:
         result = run(cfg, log=print)

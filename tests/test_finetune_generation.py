@@ -13,7 +13,7 @@ import torch
 from fs_ray.config import load_config
 from fs_ray.run_configs import FinetuneConfig
 from fs_ray.training.finetune import run
-from tests.faults import WorkerKiller
+from tests.faults import WorkerKiller, checkpoint_registered
 from tests.task_data import SPECS, _write_tasks
 
 
@@ -90,13 +90,7 @@ def test_killed_worker_resumes_generation_fine_tuning_at_the_last_epoch(ray_loca
                "deepspeed.zero_stage=1")  # fmt: skip
     train_dir = tmp_path / "runs" / cfg.run.name / "train"
 
-    def checkpoint_registered() -> bool:
-        return any(
-            "checkpoint_step" in p.read_text(errors="replace")
-            for p in train_dir.glob("*/checkpoint_manager_snapshot.json")
-        )
-
-    killer = WorkerKiller(checkpoint_registered)
+    killer = WorkerKiller(checkpoint_registered(train_dir))
     killer.start()
     try:
         result = run(cfg, log=print)

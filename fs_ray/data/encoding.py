@@ -321,7 +321,9 @@ def encode_generation(
     Ids come from the corpus convention in ``special``: [CLS] opens a sequence where the vocabulary
     has one, the document end ([SEP], else </s>) closes the source and the target."""
     spec = split.spec
-    end = special.get("sep") if special.get("sep") is not None else special.get("eos")
+    from fs_ray.families.base import doc_end
+
+    end = doc_end(special)
     if end is None:
         raise ValueError("generation needs an end token ([SEP], </s> or <|endoftext|>) in the vocabulary")
     lead = [special["cls"]] if special.get("cls") is not None else []

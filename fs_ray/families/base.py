@@ -83,6 +83,23 @@ class Family:
         return self.build_config(shape, seq_len, special or {})
 
 
+def encoder_decoder(shape: dict[str, Any], seq_len: int) -> dict[str, Any]:
+    """BART-style config fields from a preset's ``layers``/``heads``/``ffn`` (the same for encoder
+    and decoder) and the rest of its shape; positions at least ``seq_len``."""
+    shape = dict(shape)
+    layers, heads, ffn = shape.pop("layers"), shape.pop("heads"), shape.pop("ffn")
+    shape["max_position_embeddings"] = max(int(shape.get("max_position_embeddings", 0)), seq_len)
+    return {
+        "encoder_layers": layers,
+        "decoder_layers": layers,
+        "encoder_attention_heads": heads,
+        "decoder_attention_heads": heads,
+        "encoder_ffn_dim": ffn,
+        "decoder_ffn_dim": ffn,
+        **shape,
+    }
+
+
 def doc_end(special: dict[str, Any]) -> int | None:
     """The id that ends a document in a corpus prepared with ``special`` ([SEP], else </s>)."""
     return special.get("sep") if special.get("sep") is not None else special.get("eos")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fs_ray.families.base import Family, Preset, doc_end
+from fs_ray.families.base import Family, Preset, doc_end, encoder_decoder
 
 BART_VOCAB = 50265  # both released configs keep bart-base's embedding rows, more than either tokenizer uses
 
@@ -16,17 +16,9 @@ def bart_config(shape: dict[str, Any], seq_len: int, special: dict[str, Any]):
     pad [PAD]); with a SentencePiece one, <s>/</s>/<pad>."""
     from transformers import BartConfig
 
-    layers, heads, ffn = shape.pop("layers"), shape.pop("heads"), shape.pop("ffn")
     end = doc_end(special)
     bos = special.get("cls") if special.get("cls") is not None else special.get("bos")
-    shape["max_position_embeddings"] = max(int(shape.get("max_position_embeddings", 0)), seq_len)
     return BartConfig(
-        encoder_layers=layers,
-        decoder_layers=layers,
-        encoder_attention_heads=heads,
-        decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
         activation_function="gelu",
         scale_embedding=False,
         pad_token_id=special.get("pad") or 0,
@@ -34,7 +26,7 @@ def bart_config(shape: dict[str, Any], seq_len: int, special: dict[str, Any]):
         eos_token_id=end,
         decoder_start_token_id=end,
         forced_eos_token_id=end,
-        **shape,
+        **encoder_decoder(shape, seq_len),
     )
 
 

@@ -8,7 +8,7 @@ import os
 from collections import Counter
 from typing import Any
 
-from fs_ray.families.base import Family, Preset
+from fs_ray.families.base import Family, Preset, encoder_decoder
 
 PEGASUS_VOCAB = 50000
 # FengShen's PegasusTokenizer renames these lines of its BERT-derived vocab.txt when it loads it
@@ -94,24 +94,16 @@ def pegasus_config(shape: dict[str, Any], seq_len: int, special: dict[str, Any])
     """A PegasusConfig with Randeng-Pegasus's conventions: pad 0 starts the decoder, </s> ends."""
     from transformers import PegasusConfig
 
-    layers, heads, ffn = shape.pop("layers"), shape.pop("heads"), shape.pop("ffn")
-    shape["max_position_embeddings"] = max(int(shape.get("max_position_embeddings", 0)), seq_len)
     pad = special.get("pad") or 0
     eos = special.get("eos") if special.get("eos") is not None else special.get("sep")
     return PegasusConfig(
-        encoder_layers=layers,
-        decoder_layers=layers,
-        encoder_attention_heads=heads,
-        decoder_attention_heads=heads,
-        encoder_ffn_dim=ffn,
-        decoder_ffn_dim=ffn,
         activation_function="relu",
         scale_embedding=True,
         pad_token_id=pad,
         eos_token_id=eos,
         decoder_start_token_id=pad,
         forced_eos_token_id=eos,
-        **shape,
+        **encoder_decoder(shape, seq_len),
     )
 
 

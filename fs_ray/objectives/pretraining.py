@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from fs_ray.families.base import doc_end
+
 
 class Objective:
     """Base of the pretraining objectives; subclasses set the class attributes and ``inputs``."""
@@ -167,15 +169,15 @@ class TextInfilling(Objective):
     def inputs(self, batch, special, vocab_size, gen, options=None):
         from fs_ray.objectives import masking
 
-        doc_end = special["sep"] if special.get("sep") is not None else special.get("eos")
-        protected = tuple(i for i in (special.get("cls"), doc_end, special.get("pad")) if i is not None)
+        end = doc_end(special)
+        protected = tuple(i for i in (special.get("cls"), end, special.get("pad")) if i is not None)
         return masking.text_infilling(
             batch["input_ids"],
             batch["attention_mask"],
             mask_id=special["mask"],
             protected=protected,
             sentence_ends=tuple(special["sentence_ends"]),
-            doc_end=doc_end,
+            doc_end=end,
             pad_id=special.get("pad") or 0,
             generator=gen,
             **self.settings(options),
@@ -202,7 +204,7 @@ class GapSentences(Objective):
     def inputs(self, batch, special, vocab_size, gen, options=None):
         from fs_ray.objectives import masking
 
-        doc_end = special["sep"] if special.get("sep") is not None else special["eos"]  # as packed
+        end = doc_end(special)  # as the corpus was packed
         drop = tuple(i for i in (special.get("cls"),) if i is not None)
         return masking.gap_sentences(
             batch["input_ids"],
@@ -210,8 +212,8 @@ class GapSentences(Objective):
             sentence_mask=special["sentence_mask"],
             drop_ids=drop,
             sentence_ends=tuple(special["sentence_ends"]),
-            doc_end=doc_end,
+            doc_end=end,
             pad_id=special.get("pad") or 0,
-            eos_id=special["eos"] if special.get("eos") is not None else doc_end,
+            eos_id=special["eos"] if special.get("eos") is not None else end,
             **self.settings(options),
         )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +31,6 @@ from fs_ray.objectives import get_method
 from fs_ray.training.checkpoint import read_task_card
 
 MASK = "[MASK]"
-_CJK_SPACE = re.compile(r"(?<=[^\x00-\x7f]) (?=[^\x00-\x7f])|(?<=[^\x00-\x7f]) (?=[\x00-\x7f])|(?<=[\x00-\x7f]) (?=[^\x00-\x7f])")
 
 
 class InputError(ValueError):
@@ -374,9 +372,10 @@ class Generator(_Base):
         if self.card:  # the ids fine-tuning used (fs_ray.data.encoding.encode_generation)
             from fs_ray.data.encoding import Encoder
             from fs_ray.data.tokenization import special_ids
+            from fs_ray.families.base import doc_end
 
             special = special_ids(self.tokenizer).as_dict()
-            self.eos = special["sep"] if special.get("sep") is not None else special["eos"]
+            self.eos = doc_end(special)
             self.pad = special["pad"] if special.get("pad") is not None else self.eos
             self.lead = [special["cls"]] if special.get("cls") is not None else []
             self.max_len = min(self.max_len, int(self.card.get("max_len") or self.max_len))
@@ -504,8 +503,3 @@ class Generator(_Base):
                 yield text[len(shown) :], len(tokens)
         finally:
             cancelled.set()  # the consumer left early: stop at the next token
-
-
-def detokenize(text: str) -> str:
-    """WordPiece decoding puts spaces between all tokens; Chinese has none between characters."""
-    return _CJK_SPACE.sub("", text)

@@ -447,6 +447,7 @@ def run_neural(
     from ray.train import DataConfig
 
     from fs_ray.data.tokenization import special_ids, tokenizer_json
+    from fs_ray.families.base import doc_end
     from fs_ray.pretrained import original_tokenizer_files, resolve
     from fs_ray.training.loop import fit
 
@@ -472,7 +473,7 @@ def run_neural(
         # a local folder by absolute path (workers run elsewhere); URIs and hub ids each worker resolves
         worker_cfg["model"]["from_pretrained"] = absolute(cfg.model.from_pretrained)
     special = special_ids(tokenizer).as_dict()
-    end = special["sep"] if special.get("sep") is not None else special.get("eos")
+    end = doc_end(special)
     info = {
         "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
         "special": special,

@@ -28,6 +28,7 @@ FAMILY = Family(
     summary="GPT2 decoder (causal LM), 0.1B-3.5B: generation",
     presets={
         "tiny": Preset(gpt2(64, 2, 2)),
+        "small": Preset(gpt2(256, 8, 4, n_positions=512)),  # the CPU generation table's shape
         "base": Preset(
             gpt2(768, 12, 12, vocab_size=GPT2_BPE_VOCAB),
             published="IDEA-CCNL/Wenzhong-GPT2-110M",

@@ -162,17 +162,25 @@ class ModelFolder:
     def architectures(self) -> list[str]:
         return list(self.config.get("architectures") or [])
 
+    @cached_property
+    def released_family(self):
+        """The family whose released layout this folder holds where its ``model_type`` alone
+        would mislead transformers (a Zhouwenwang saved as ``megatron-bert``), else None."""
+        from fs_ray.families import FAMILIES
+
+        return next((f for f in FAMILIES.values() if f.released_layout and f.released_layout(self.path)), None)
+
     @property
     def family(self):
         from fs_ray.families import family_for_model_type
 
-        return family_for_model_type(self.model_type)
+        return self.released_family or family_for_model_type(self.model_type)
 
     @property
     def kind(self) -> str:
         """mlm, classifier, tagger, choice, clm or seq2seq: from ``architectures``, else from the
         family owning ``model_type`` (its default objective's model)."""
-        arch = " ".join(self.architectures)
+        arch = "" if self.released_family else " ".join(self.architectures)
         for key, kind in KIND_OF_ARCHITECTURE:
             if key in arch:
                 return kind
@@ -276,9 +284,30 @@ def effective_family(model_cfg, folder: ModelFolder):
     return found
 
 
+def load_model(path: str, auto_class: str, **kwargs: Any):
+    """``auto_class.from_pretrained(path)``, or the owning family's loader for a released layout
+    transformers would misread (:attr:`ModelFolder.released_family`)."""
+    import transformers
+
+    family = ModelFolder(path).released_family
+    if family is not None:
+        kwargs.pop("ignore_mismatched_sizes", None)
+        return family.load_released(path, auto_class, **kwargs)
+    return getattr(transformers, auto_class).from_pretrained(path, local_files_only=True, **kwargs)
+
+
 def check_auto_class(folder: ModelFolder, auto_class: str, what: str) -> str | None:
     """Why ``auto_class`` cannot load this folder's architecture (None: it can)."""
     import transformers
+
+    family = folder.released_family
+    if family is not None:
+        if auto_class in family.released_auto_classes:
+            return None
+        return (
+            f"{what} needs a {auto_class.removeprefix('AutoModelFor')} model, which {folder.path} "
+            f"(a released {family.name} layout) cannot give"
+        )
 
     config = transformers.AutoConfig.from_pretrained(folder.path, local_files_only=True)
     if type(config) not in getattr(transformers, auto_class)._model_mapping:

@@ -7,7 +7,7 @@ Each imitates what the hub folder holds: the architecture class and ``model_type
 (``vocab.txt`` only, ``vocab.json`` + ``merges.txt``, ``spiece.model`` with ``extra_ids: 0``). Shapes
 are tiny; vocabularies are the real BERT one or small ones trained here on the demo corpus.
 
-The Zhouwenwang, Bigan and Taiyi issues add their layouts to :data:`LAYOUTS`.
+The Bigan and Taiyi issues add their layouts to :data:`LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -223,6 +223,25 @@ def pegasus(out: Path) -> Path:
     return _save(PegasusForConditionalGeneration(config), out, bin_weights=True)
 
 
+def zhouwenwang(out: Path) -> Path:
+    """Zhouwenwang-Unified-110M: what FengShen's RoFormerModel saved (its module names, no prefix,
+    its rotary ``div_term`` buffers, no LM head: the model card multiplies by the word embeddings)
+    in pytorch_model.bin, a config.json whose model_type is megatron-bert (the hub's tag) with
+    FengShen's RoFormerConfig fields, and a BERT-style vocab.txt (here the Chinese BERT one; the
+    released one is RoFormer's 12,000-character list)."""
+    from fs_ray.models import zhouwenwang as zw
+
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = _bert_vocab(out)
+    config = zw.ZhouwenwangConfig(vocab_size=vocab, **TINY_BERT)
+    torch.manual_seed(0)
+    base = zw.ZhouwenwangModel(config)
+    state = zw.to_fengshen({f"bert.{k}": v for k, v in base.state_dict().items()}, config)
+    torch.save(state, out / "pytorch_model.bin")
+    _write_json(out / "config.json", zw.config_to_fengshen(config))
+    return out
+
+
 LAYOUTS = [
     Layout("Erlangshen-Roberta-110M", "erlangshen", "mlm", bert, "mlm", "head", ("vocab.txt",)),
     Layout(
@@ -313,6 +332,7 @@ LAYOUTS = [
         "seq2seq",
         ("vocab.txt", "tokenizer_config.json"),
     ),
+    Layout("Zhouwenwang-Unified-110M", "zhouwenwang", "mlm", zhouwenwang, "unified", "head", ("vocab.txt",)),
 ]  # Yuyuan-GPT2-3.5B is Wenzhong's layout (GPT2LMHeadModel, the same BPE files)
 
 

@@ -54,6 +54,8 @@ def test_the_released_checkpoints_the_issue_names_are_presets():
         "Randeng-BART-759M-Chinese-BertTokenizer",
         "Randeng-Pegasus-238M-Chinese",
         "Randeng-Pegasus-523M-Chinese",
+        "Zhouwenwang-Unified-110M",
+        "Zhouwenwang-Unified-1.3B",
     ):
         assert f"IDEA-CCNL/{name}" in published, name
     # exact figures where the released config is known: Randeng-T5 (mT5 shapes, 32596 pieces, untied head)
@@ -84,10 +86,10 @@ def test_families_name_only_objectives_and_methods_that_exist():
 
 
 def test_a_family_that_is_not_implemented_is_refused_naming_those_that_are():
-    with pytest.raises(ConfigError, match=r"'zhouwenwang' is not an implemented family \(erlangshen, wenzhong"):
-        load_config(PretrainConfig, None, ["model.family=zhouwenwang"])
-    with pytest.raises(ConfigError, match=r"'small' is not a wenzhong preset \(tiny, base"):
-        load_config(PretrainConfig, None, ["model.family=wenzhong", "model.preset=small"])
+    with pytest.raises(ConfigError, match=r"'gpt5' is not an implemented family \(erlangshen, wenzhong"):
+        load_config(PretrainConfig, None, ["model.family=gpt5"])
+    with pytest.raises(ConfigError, match=r"'medium' is not a wenzhong preset \(tiny, small, base"):
+        load_config(PretrainConfig, None, ["model.family=wenzhong", "model.preset=medium"])
     with pytest.raises(ConfigError, match=r"'mlm' is not a randeng objective \(span\)"):
         load_config(PretrainConfig, None, ["model.family=randeng", "model.objective=mlm"])
     with pytest.raises(ConfigError, match=r"poisson: not an option of objective bart \(its options: mask_ratio"):
@@ -123,6 +125,7 @@ def test_model_types_map_back_to_their_family():
     assert family_for_model_type("gpt2").name == "wenzhong"  # the first family that claims it
     assert family_for_model_type("bart").name == "randeng-bart"
     assert family_for_model_type("pegasus").name == "randeng-pegasus"
+    assert family_for_model_type("zhouwenwang").name == "zhouwenwang"
     assert family_for_model_type("clip") is None
 
 

@@ -196,10 +196,11 @@ def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_p
         ("randeng", "t5", 3),
         ("randeng-bart", "wwm", 1),
         ("randeng-pegasus", "pegasus", 2),
+        ("zhouwenwang", "wwm", 2),
     ],
 )
 def test_other_objectives_train_and_export(corpora, tmp_path, family, corpus, zero):
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     from fs_ray.data.tokenization import load_tokenizer
 
@@ -216,13 +217,19 @@ def test_other_objectives_train_and_export(corpora, tmp_path, family, corpus, ze
     )
     summary = pretrain(cfg)
     assert summary["metrics"]["step"] == 12
-    auto = AutoModelForCausalLM if family == "wenzhong" else AutoModelForSeq2SeqLM
+    auto = {"wenzhong": AutoModelForCausalLM, "zhouwenwang": AutoModelForMaskedLM}.get(family, AutoModelForSeq2SeqLM)
     model = auto.from_pretrained(summary["export"])
-    losses = [
-        json.loads(line)["loss"]
-        for line in (tmp_path / "runs" / family / "metrics.jsonl").read_text().splitlines()
-    ]
+    records = [json.loads(line) for line in (tmp_path / "runs" / family / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records]
     assert losses[-1] < losses[0], f"{family} loss did not go down: {losses}"
+    if family == "zhouwenwang":  # unified: both losses logged, both go down; the export also generates
+        for part in ("mlm_loss", "lm_loss"):
+            values = [r[part] for r in records if r[part] == r[part]]
+            assert len(values) >= 2 and values[-1] < values[0], f"{part}: {values}"
+        assert {"mlm_loss", "lm_loss"} <= set(summary["metrics"])
+        causal = AutoModelForCausalLM.from_pretrained(summary["export"]).eval()
+        out = causal.generate(torch.tensor([[2, 791, 1921]]), max_new_tokens=4, do_sample=False, pad_token_id=0)
+        assert out.shape == (1, 7)
     assert model.num_parameters() > 0
     info = json.loads((tmp_path / "runs" / family / "export" / "fs_ray_export.json").read_text())
     assert info["verified_max_abs_logit_diff"] < 1e-4  # the export reproduces the workers' logits

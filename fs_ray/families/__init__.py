@@ -8,7 +8,15 @@ below, a YAML under ``jobs/configs/`` and its tests.
 
 from __future__ import annotations
 
-from fs_ray.families import erlangshen, randeng, randeng_bart, randeng_pegasus, wenzhong, yuyuan
+from fs_ray.families import (
+    erlangshen,
+    randeng,
+    randeng_bart,
+    randeng_pegasus,
+    wenzhong,
+    yuyuan,
+    zhouwenwang,
+)
 from fs_ray.families.base import Family, Preset
 
 FAMILIES: dict[str, Family] = {
@@ -20,6 +28,7 @@ FAMILIES: dict[str, Family] = {
         randeng.FAMILY,
         randeng_bart.FAMILY,
         randeng_pegasus.FAMILY,
+        zhouwenwang.FAMILY,
     )
 }
 
@@ -61,21 +70,12 @@ def build_model(
     config. ``head_kwargs`` (labels of a task head) go into the config; ``model_cfg.reinit_head``
     lets a released head of another size be replaced. A loaded model's vocabulary is never resized:
     the run's plan has checked that the corpus's tokenizer is the model's own."""
-    import transformers
-
-    auto = getattr(transformers, auto_class)
     head_kwargs = head_kwargs or {}
     if model_cfg.from_pretrained:
-        from fs_ray.pretrained import resolve
+        from fs_ray.pretrained import load_model, resolve
 
         extra = {"ignore_mismatched_sizes": True} if model_cfg.reinit_head else {}
-        return auto.from_pretrained(
-            resolve(model_cfg.from_pretrained),
-            local_files_only=True,
-            **head_kwargs,
-            **extra,
-            **model_cfg.overrides,
-        )
+        return load_model(resolve(model_cfg.from_pretrained), auto_class, **head_kwargs, **extra, **model_cfg.overrides)
     family = get_family(model_cfg.family)
     config = family.config(model_cfg.preset, vocab_size, seq_len, special, model_cfg.overrides)
     for key, value in head_kwargs.items():

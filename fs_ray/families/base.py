@@ -47,6 +47,12 @@ class Family:
     # folder -> its tokenizer, for released layouts that tokenizer.json / vocab.txt alone would
     # misread (None: not such a folder)
     folder_tokenizer: Callable[[str], Any] | None = None
+    # folder -> whether it holds this family's released layout, which its config.json's
+    # model_type would send to another architecture (Zhouwenwang's megatron-bert folders)
+    released_layout: Callable[[str], bool] | None = None
+    # (folder, auto_class, **config overrides) -> the model, for a folder released_layout claims
+    load_released: Callable[..., Any] | None = None
+    released_auto_classes: tuple[str, ...] = ()  # the Auto classes load_released can build
 
     @property
     def default_objective(self) -> str:

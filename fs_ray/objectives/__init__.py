@@ -16,11 +16,13 @@ from fs_ray.objectives.pretraining import (
     Objective,
     SpanCorruption,
     TextInfilling,
+    UnifiedLM,
     WholeWordMLM,
 )
 
 OBJECTIVES: dict[str, Objective] = {
-    o.name: o for o in (WholeWordMLM(), CausalLM(), SpanCorruption(), TextInfilling(), GapSentences())
+    o.name: o
+    for o in (WholeWordMLM(), CausalLM(), SpanCorruption(), TextInfilling(), GapSentences(), UnifiedLM())
 }
 
 __all__ = ["METHODS", "OBJECTIVES", "Method", "Objective", "get_method", "get_objective"]

@@ -29,6 +29,39 @@ class MaskedLMLoss(nn.Module):
         return nn.functional.cross_entropy(logits.float(), labels[picked])
 
 
+class UnifiedLoss(nn.Module):
+    """Zhouwenwang's unified objective: one forward with a per-row mask (``causal``), the MLM loss
+    on the masked positions of bidirectional rows, the next-token loss on causal rows; the vocabulary
+    projection runs only where a loss is taken. Returns their sum; ``parts`` holds each (NaN when
+    the micro-batch had no row of that kind) for the progress log."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def forward(self, input_ids, attention_mask, labels, causal):
+        base = getattr(self.model, self.model.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask, causal=causal).last_hidden_state
+        causal = causal.bool()
+        picked = (labels != IGNORE_INDEX) & ~causal[:, None]
+        shifted = labels[:, 1:]
+        next_picked = (shifted != IGNORE_INDEX) & causal[:, None]
+        nan = hidden.new_tensor(float("nan"), dtype=torch.float32)
+        total = hidden.new_zeros((), dtype=torch.float32)
+        mlm = lm = nan
+        if picked.any():
+            mlm = nn.functional.cross_entropy(self.model.cls(hidden[picked]).float(), labels[picked])
+            total = total + mlm
+        if next_picked.any():
+            lm = nn.functional.cross_entropy(self.model.cls(hidden[:, :-1][next_picked]).float(), shifted[next_picked])
+            total = total + lm
+        if not (picked.any() or next_picked.any()):
+            total = total + hidden.sum() * 0.0  # keeps every rank's graph the same shape
+        self.parts = {"mlm_loss": mlm.detach(), "lm_loss": lm.detach()}
+        return total
+
+
 class ModelLoss(nn.Module):
     """Causal LM and seq2seq: the Hugging Face model computes its own loss from ``labels``."""
 

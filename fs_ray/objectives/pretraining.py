@@ -19,6 +19,8 @@ class Objective:
     summary: str
     auto_class: str  # the transformers Auto class that builds, exports and loads the model
     probe_keys: tuple[str, ...] = ("input_ids", "attention_mask")
+    # parts of the loss the wrapper reports (``.parts``), averaged and logged beside the loss
+    loss_parts: tuple[str, ...] = ()
     # rates a config may set under ``model.objective_options`` (name -> default)
     options: ClassVar[dict[str, float]] = {}
 
@@ -58,6 +60,25 @@ class Objective:
         return ModelLoss(model)
 
 
+def _whole_word_masked(batch, special, vocab_size, gen):
+    """(masked input ids, MLM labels): whole-word masking over the batch's jieba word starts."""
+    import torch
+
+    from fs_ray.objectives import masking
+
+    never = tuple(i for i in (special.get("cls"), special.get("sep"), special.get("pad")) if i is not None)
+    ids = masking.MaskingIds(
+        mask=special["mask"],
+        vocab_size=vocab_size,
+        never_mask=never,
+        first_random=max(never) + 1 if never else 0,
+    )
+    starts = batch.get("word_starts")
+    if starts is None:  # no jieba boundaries stored: every token is its own word
+        starts = torch.ones_like(batch["input_ids"], dtype=torch.bool)
+    return masking.whole_word_mask(batch["input_ids"], starts, batch["attention_mask"], ids, gen)
+
+
 class WholeWordMLM(Objective):
     name = "mlm"
     summary = "Chinese whole-word masking (jieba word starts), 15% of words, 80/10/10"
@@ -69,23 +90,7 @@ class WholeWordMLM(Objective):
         return None
 
     def inputs(self, batch, special, vocab_size, gen, options=None):
-        import torch
-
-        from fs_ray.objectives import masking
-
-        never = tuple(
-            i for i in (special.get("cls"), special.get("sep"), special.get("pad")) if i is not None
-        )
-        ids = masking.MaskingIds(
-            mask=special["mask"],
-            vocab_size=vocab_size,
-            never_mask=never,
-            first_random=max(never) + 1 if never else 0,
-        )
-        starts = batch.get("word_starts")
-        if starts is None:  # no jieba boundaries stored: every token is its own word
-            starts = torch.ones_like(batch["input_ids"], dtype=torch.bool)
-        inp, labels = masking.whole_word_mask(batch["input_ids"], starts, batch["attention_mask"], ids, gen)
+        inp, labels = _whole_word_masked(batch, special, vocab_size, gen)
         return {"input_ids": inp, "attention_mask": batch["attention_mask"], "labels": labels}
 
     def wrap(self, model):
@@ -217,3 +222,52 @@ class GapSentences(Objective):
             eos_id=special["eos"] if special.get("eos") is not None else end,
             **self.settings(options),
         )
+
+
+class UnifiedLM(Objective):
+    """Zhouwenwang's unified pretraining: each sequence (or each whole micro-batch) is either
+    whole-word MLM under a bidirectional mask or next-token prediction under a causal mask, over
+    the same weights. The loss trained is the sum of the two means present in the micro-batch;
+    each is logged on its own (``mlm_loss``, ``lm_loss``)."""
+
+    name = "unified"
+    summary = "Zhouwenwang: whole-word MLM (bidirectional) or causal LM (causal mask) per sequence, one loss each"
+    auto_class = "AutoModelForMaskedLM"
+    probe_keys = ("input_ids", "attention_mask", "causal")
+    loss_parts = ("mlm_loss", "lm_loss")
+    # lm_ratio: share of sequences trained as causal LM; per_batch 1: one mode per micro-batch
+    options: ClassVar[dict[str, float]] = {"lm_ratio": 0.5, "per_batch": 0.0}
+
+    def check_options(self, given):
+        problem = super().check_options(given)
+        if problem is None and given.get("per_batch", 0) not in (0, 1):
+            return f"per_batch: 0 (a mode per sequence) or 1 (one mode per micro-batch), got {given['per_batch']!r}"
+        return problem
+
+    def check(self, special):
+        return WholeWordMLM().check(special)
+
+    def inputs(self, batch, special, vocab_size, gen, options=None):
+        import torch
+
+        opts = self.settings(options)
+        rows = batch["input_ids"].shape[0]
+        if opts["per_batch"]:
+            causal = torch.full((rows,), bool(torch.rand(1, generator=gen).item() < opts["lm_ratio"]))
+        else:
+            causal = torch.rand(rows, generator=gen) < opts["lm_ratio"]
+        masked, mlm_labels = _whole_word_masked(batch, special, vocab_size, gen)
+        mask = batch["attention_mask"]
+        lm_labels = batch["input_ids"].masked_fill(~mask.bool(), -100)
+        pick = causal[:, None]
+        return {
+            "input_ids": torch.where(pick, batch["input_ids"], masked),
+            "attention_mask": mask,
+            "labels": torch.where(pick, lm_labels, mlm_labels),
+            "causal": causal,
+        }
+
+    def wrap(self, model):
+        from fs_ray.objectives.losses import UnifiedLoss
+
+        return UnifiedLoss(model)

@@ -39,7 +39,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fs_ray.run_configs import ServeBatching, ServeConfig
-from fs_ray.serving.inference import MASK, read_config
+from fs_ray.serving.inference import MASK, generation_kind, read_config
 from fs_ray.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from fs_ray.training.checkpoint import read_task_card
 
@@ -995,10 +995,10 @@ def _folder(path: str, field: str) -> str:
 
 def _check_operation(folder: str, field: str, operation: str) -> None:
     """Refuse a folder whose family (by its ``model_type``) does not offer ``operation``."""
-    from fs_ray.families import family_for_model_type
+    from fs_ray.pretrained import ModelFolder
 
     model_type = read_config(folder).get("model_type")
-    family = family_for_model_type(model_type)
+    family = ModelFolder(folder).family  # by model_type, or a released layout's own family
     if family is None:
         return  # an architecture fs_ray has no family for: the kind check alone decides
     if operation not in family.operations:
@@ -1037,8 +1037,8 @@ def build_app(cfg: ServeConfig):
         tasks = task_models_deployment(cfg).options(**_deployment_options(cfg, "TaskModels")).bind(registry, threads)
     if m.generate:
         folder = _folder(m.generate, "generate")
-        if (kind := _kind(folder)) not in ("clm", "seq2seq"):
-            raise ValueError(f"models.generate: {m.generate} is a {kind} model, not a generator")
+        if generation_kind(folder) is None:
+            raise ValueError(f"models.generate: {m.generate} is a {_kind(folder)} model, not a generator")
         _check_operation(folder, "generate", "generate")
         names["generate"] = model_name(folder)
         generator = GeneratorServer.options(**_deployment_options(cfg, "Generator")).bind(folder, threads)

@@ -28,6 +28,7 @@ import torch
 from fs_ray.data.encoding import YES, Encoder, option_groups, render_unimc
 from fs_ray.data.tokenization import load_tokenizer
 from fs_ray.objectives import get_method
+from fs_ray.pretrained import load_model
 from fs_ray.training.checkpoint import read_task_card
 
 MASK = "[MASK]"
@@ -73,6 +74,20 @@ def model_kind(folder: str) -> str:
         return ModelFolder(folder).kind
     except PretrainedError as err:
         raise ValueError(str(err)) from None
+
+
+def generation_kind(folder: str) -> str | None:
+    """How ``folder`` generates: ``clm`` or ``seq2seq``; a masked LM whose family also generates
+    with the same weights (Zhouwenwang: the causal mode) is ``clm``; None: it does not."""
+    from fs_ray.pretrained import ModelFolder
+
+    kind = model_kind(folder)
+    if kind in ("clm", "seq2seq"):
+        return kind
+    family = ModelFolder(folder).family
+    if kind == "mlm" and family is not None and "generate" in family.operations:
+        return "clm"
+    return None
 
 
 def set_threads(n: int | None) -> None:
@@ -139,13 +154,11 @@ class MaskedLM(_Base):
     """Fill-mask and UniMC zero-shot on an exported MLM (Erlangshen, Zhouwenwang-style encoders)."""
 
     def __init__(self, folder: str, max_len: int = 512, truncation: str = "head"):
-        from transformers import AutoModelForMaskedLM
-
         super().__init__(folder, max_len)
         self.config = read_config(folder)
         self._load_tokenizer()
         self.device = device()
-        self.model = AutoModelForMaskedLM.from_pretrained(folder, local_files_only=True).eval().to(self.device)
+        self.model = load_model(folder, "AutoModelForMaskedLM").eval().to(self.device)
         self.enc = Encoder(self.tokenizer, self.max_len, truncation)
         if self.enc.mask is None:
             raise ValueError(f"{folder}: the vocabulary has no {MASK}")
@@ -227,7 +240,6 @@ class TaskModel(_Base):
     """A fine-tuned export: sequence classifier (single/pair/coref), UniMC classifier or BIO tagger."""
 
     def __init__(self, folder: str, max_len: int | None = None):
-        import transformers
 
         self.config = read_config(folder)
         self.card = read_task_card(folder) or {}
@@ -249,7 +261,7 @@ class TaskModel(_Base):
         else:
             auto = "AutoModelForTokenClassification" if self.kind == "tagger" else "AutoModelForSequenceClassification"
             self.device = device()
-            self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval().to(self.device)
+            self.model = load_model(folder, auto).eval().to(self.device)
 
     @property
     def task(self) -> str:
@@ -356,17 +368,17 @@ class Generator(_Base):
     and decoding settings as defaults. Any other generator continues the prompt as given."""
 
     def __init__(self, folder: str, max_len: int = 1024):
-        import transformers
 
         super().__init__(folder, max_len)
         self.config = read_config(folder)
-        self.kind = model_kind(folder)
-        if self.kind not in ("clm", "seq2seq"):
-            raise ValueError(f"{folder}: a {self.kind} model cannot generate text")
+        kind = generation_kind(folder)
+        if kind is None:
+            raise ValueError(f"{folder}: a {model_kind(folder)} model cannot generate text")
+        self.kind = kind
         self._load_tokenizer()
         auto = "AutoModelForCausalLM" if self.kind == "clm" else "AutoModelForSeq2SeqLM"
         self.device = device()
-        self.model = getattr(transformers, auto).from_pretrained(folder, local_files_only=True).eval().to(self.device)
+        self.model = load_model(folder, auto).eval().to(self.device)
         card = read_task_card(folder) or {}
         self.card = card if card.get("shape") == "generation" else None
         if self.card:  # the ids fine-tuning used (fs_ray.data.encoding.encode_generation)

@@ -89,15 +89,25 @@ class Progress:
         self.losses: list[torch.Tensor] = []
         self.tokens = 0
         self.loss = float("nan")
+        # parts of the loss the objective reports (Zhouwenwang's mlm_loss / lm_loss): sum and
+        # count per name since the last line, NaN parts (no row of that kind) not counted
+        self.part_names: tuple[str, ...] = tuple(getattr(work, "loss_parts", ()))
+        self.part_sums = torch.zeros(2 * len(self.part_names), dtype=torch.float64)
+        self.parts: dict[str, float] = {}
         self.writer = None
         if rank == 0 and work.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(work.tensorboard_dir)
 
-    def add(self, loss: torch.Tensor, tokens: int) -> None:
+    def add(self, loss: torch.Tensor, tokens: int, parts: dict[str, torch.Tensor] | None = None) -> None:
         self.losses.append(loss)
         self.tokens += tokens
+        for i, name in enumerate(self.part_names):
+            value = float((parts or {}).get(name, float("nan")))
+            if value == value:
+                self.part_sums[2 * i] += value
+                self.part_sums[2 * i + 1] += 1
 
     def line(self, step: int, lr: float) -> float:
         """Collective (all ranks call): the mean loss since the last line, printed by rank 0."""
@@ -106,23 +116,34 @@ class Progress:
             torch.distributed.all_reduce(mean)
             mean /= self.world
         self.loss = float(mean)
+        if self.part_names:
+            sums = self.part_sums.to(mean.device)
+            if self.world > 1:
+                torch.distributed.all_reduce(sums)
+            self.parts = {
+                name: float(sums[2 * i] / sums[2 * i + 1]) if sums[2 * i + 1] else float("nan")
+                for i, name in enumerate(self.part_names)
+            }
+            self.part_sums.zero_()
         now = time.monotonic()
         tokens_per_s = self.tokens * self.world / max(now - self.t_last, 1e-9)
         total = self.work.total_steps
         eta = (now - self.t_start) / max(step - self.first_step, 1) * (total - step)
         if self.rank == 0:
+            parts = "".join(f"  {k} {v:.4f}" for k, v in self.parts.items())
             print(
-                f"[{self.work.label}] step {step}/{total}  loss {self.loss:.4f}  lr {lr:.2e}  "
+                f"[{self.work.label}] step {step}/{total}  loss {self.loss:.4f}{parts}  lr {lr:.2e}  "
                 f"tokens/s {tokens_per_s:,.0f}  ETA {eta:.0f}s",
                 flush=True,
             )
-            record = {"step": step, "loss": self.loss, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
+            record = {"step": step, "loss": self.loss, **self.parts, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
             if self.work.metrics_path:
                 with open(self.work.metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             if self.writer:
-                for key in ("loss", "lr", "tokens_per_s"):
-                    self.writer.add_scalar(f"train/{key}", record[key], step)
+                for key in ("loss", *self.parts, "lr", "tokens_per_s"):
+                    if record[key] == record[key]:
+                        self.writer.add_scalar(f"train/{key}", record[key], step)
         self.losses, self.tokens, self.t_last = [], 0, now
         return self.loss
 
@@ -181,7 +202,7 @@ def train_loop(config: dict[str, Any]) -> Any:
             loss = engine(**inputs)
             engine.backward(loss)
             engine.step()  # applies the optimizer at accumulation boundaries only
-            progress.add(loss.detach().float(), int(batch["attention_mask"].sum()))
+            progress.add(loss.detach().float(), int(batch["attention_mask"].sum()), getattr(module, "parts", None))
             if trace:
                 ids.extend(batch[work.id_key].tolist())
         if trace:  # audit trail of which rows each process trained on at each step
@@ -192,7 +213,7 @@ def train_loop(config: dict[str, Any]) -> Any:
         if due or step % work.log_every == 0 or step == total:
             progress.line(step, engine.get_lr()[0])
         if due:
-            metrics = {"loss": progress.loss, **work.report(step), **work.evaluate(engine, step, progress.loss)}
+            metrics = {"loss": progress.loss, **progress.parts, **work.report(step), **work.evaluate(engine, step, progress.loss)}
             probe = None
             if step == total:
                 probe = {k: inputs[k][:2].detach() for k in work.probe_keys if k in inputs}

@@ -196,6 +196,7 @@ class PretrainWork:
         self.seq_len = manifest["seq_len"]
         self.objective = get_objective(cfg.model.objective_name)
         self.probe_keys = self.objective.probe_keys
+        self.loss_parts = self.objective.loss_parts
         self.total_steps = cfg.optim.max_steps
         self.log_every = max(1, min(10, cfg.checkpoint.every_n_steps))
         self.run_dir, self.tokenizer_json, self.trace_dir = run_dir, tokenizer_json, trace_dir

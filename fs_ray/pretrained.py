@@ -184,9 +184,12 @@ class ModelFolder:
         for key, kind in KIND_OF_ARCHITECTURE:
             if key in arch:
                 return kind
+        family = self.family
+        for name in self.architectures:
+            if family is not None and name in family.architecture_kinds:
+                return family.architecture_kinds[name]
         if arch:
             raise PretrainedError(f"{self.path}: unsupported architecture {arch}")
-        family = self.family
         if family is None:
             raise PretrainedError(
                 f"{self.path}: config.json has no architectures and model_type {self.model_type!r} "

@@ -7,7 +7,7 @@ Each imitates what the hub folder holds: the architecture class and ``model_type
 (``vocab.txt`` only, ``vocab.json`` + ``merges.txt``, ``spiece.model`` with ``extra_ids: 0``). Shapes
 are tiny; vocabularies are the real BERT one or small ones trained here on the demo corpus.
 
-The Bigan and Taiyi issues add their layouts to :data:`LAYOUTS`.
+The Taiyi issue adds its layout to :data:`LAYOUTS`.
 """
 
 from __future__ import annotations
@@ -242,6 +242,45 @@ def zhouwenwang(out: Path) -> Path:
     return out
 
 
+def bigan(out: Path) -> Path:
+    """Bigan-Transformer-XL-denoise-1.1B: FengShen's TransfoXLDenoiseModel (its module names, the
+    ``inv_freq`` buffer included) in pytorch_model.bin, a config.json with FengShen's fields,
+    ``model_type: transfo_xl_denoise`` and ``architectures: [TransfoXLDenoiseModel]``, and a
+    SentencePiece ``spiece.model`` (BPE, trained here) read by ``TransfoXLDenoiseTokenizer``, whose
+    ``<|endoftext|>`` comes after the pieces."""
+    import sentencepiece as spm
+
+    from fs_ray.models.bigan import TransfoXLDenoiseConfig, TransfoXLDenoiseForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    src = out / "_corpus.txt"
+    src.write_text("\n".join(_demo_lines()), encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(src), model_prefix=str(out / "spiece"), vocab_size=3000, model_type="bpe",
+        character_coverage=0.995, minloglevel=2, num_threads=1,
+    )  # fmt: skip
+    src.unlink()
+    (out / "spiece.vocab").unlink()
+    _write_json(out / "tokenizer_config.json", {"tokenizer_class": "TransfoXLDenoiseTokenizer"})
+    fields = {
+        "num_layers": 2, "vocab_size": 3008, "hidden_size": 64, "num_attention_heads": 2,
+        "embedding_dropout_prob": 0.1, "attention_dropout_prob": 0.1, "output_dropout_prob": 0.1,
+        "max_sequence_length": 512, "max_memory_length": 512, "checkpoint_activations": False,
+        "checkpoint_num_layers": 1, "parallel_output": True, "relative_encoding": True,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = TransfoXLDenoiseForCausalLM(TransfoXLDenoiseConfig(**fields))
+    with torch.no_grad():  # trained biases are not zero
+        model.transformer.r_w_bias.normal_(0, 0.02)
+        model.transformer.r_r_bias.normal_(0, 0.02)
+    torch.save(model.state_dict(), out / "pytorch_model.bin")
+    _write_json(
+        out / "config.json",
+        {"architectures": ["TransfoXLDenoiseModel"], "model_type": "transfo_xl_denoise", **fields},
+    )
+    return out
+
+
 LAYOUTS = [
     Layout("Erlangshen-Roberta-110M", "erlangshen", "mlm", bert, "mlm", "head", ("vocab.txt",)),
     Layout(
@@ -333,6 +372,19 @@ LAYOUTS = [
         ("vocab.txt", "tokenizer_config.json"),
     ),
     Layout("Zhouwenwang-Unified-110M", "zhouwenwang", "mlm", zhouwenwang, "unified", "head", ("vocab.txt",)),
+    Layout(  # the same weights in causal mode, fine-tuned for generation
+        "Zhouwenwang-Unified-110M (clm)", "zhouwenwang", "mlm", zhouwenwang, None, "clm", ("vocab.txt",)
+    ),
+    Layout("Zhouwenwang-Unified-110M (UniMC)", "zhouwenwang", "mlm", zhouwenwang, None, "unimc", ("vocab.txt",)),
+    Layout(
+        "Bigan-Transformer-XL-denoise-1.1B",
+        "bigan",
+        "clm",
+        bigan,
+        "clm",
+        "clm",
+        ("spiece.model", "tokenizer_config.json"),
+    ),
 ]  # Yuyuan-GPT2-3.5B is Wenzhong's layout (GPT2LMHeadModel, the same BPE files)
 
 

@@ -56,6 +56,7 @@ def test_the_released_checkpoints_the_issue_names_are_presets():
         "Randeng-Pegasus-523M-Chinese",
         "Zhouwenwang-Unified-110M",
         "Zhouwenwang-Unified-1.3B",
+        "Bigan-Transformer-XL-denoise-1.1B",
     ):
         assert f"IDEA-CCNL/{name}" in published, name
     # exact figures where the released config is known: Randeng-T5 (mT5 shapes, 32596 pieces, untied head)
@@ -126,6 +127,7 @@ def test_model_types_map_back_to_their_family():
     assert family_for_model_type("bart").name == "randeng-bart"
     assert family_for_model_type("pegasus").name == "randeng-pegasus"
     assert family_for_model_type("zhouwenwang").name == "zhouwenwang"
+    assert family_for_model_type("transfo_xl_denoise").name == "bigan"
     assert family_for_model_type("clip") is None
 
 

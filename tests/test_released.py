@@ -219,6 +219,11 @@ def test_released_layout_loads_continues_finetunes_saves_and_serves(lay, folders
     else:
         gen = Generator(str(out))
         ids = mf.generation_ids  # the model's own; pad falls back to eos where it names none (GPT2)
+        if ids["eos"] is None:  # a config that names none (Bigan's, Zhouwenwang's): the vocabulary's end token
+            ends = [tok.token_to_id(t) for t in ("<|endoftext|>", "</s>", "[SEP]")]
+            ids["eos"] = next(i for i in ends if i is not None)
+            if ends[0] is not None:  # Bigan: FengShen's <|endoftext|>, after the SentencePiece pieces
+                assert ids["eos"] == len(tok.get_vocab()) - 1
         assert (gen.eos, gen.pad) == (ids["eos"], ids["pad"] if ids["pad"] is not None else ids["eos"])
         assert isinstance(gen.generate("今天天气", max_new_tokens=4), str)
 

@@ -158,7 +158,8 @@ def special_ids(tok: Tokenizer, source: str | None = None) -> SpecialIds:
         cls=None if pegasus else first("[CLS]"),
         sep=None if pegasus else first("[SEP]"),
         mask=first("[MASK]", "<mask>"),
-        eos=first("</s>", "<|endoftext|>", "<eos>"),
+        # <|endoftext|> first: a vocabulary that adds it to SentencePiece pieces (Bigan's) ends with it
+        eos=first("<|endoftext|>", "</s>", "<eos>"),
         sentinels=tuple(i for _, i in sentinels) or released_sentinels(source, tok),
         sentence_ends=tuple(sorted({i for c in SENTENCE_END_CHARS if (i := tok.token_to_id(c)) is not None})),
         sentence_mask=first("<mask_1>"),

@@ -9,6 +9,7 @@ below, a YAML under ``jobs/configs/`` and its tests.
 from __future__ import annotations
 
 from fs_ray.families import (
+    bigan,
     erlangshen,
     randeng,
     randeng_bart,
@@ -29,6 +30,7 @@ FAMILIES: dict[str, Family] = {
         randeng_bart.FAMILY,
         randeng_pegasus.FAMILY,
         zhouwenwang.FAMILY,
+        bigan.FAMILY,
     )
 }
 

@@ -53,6 +53,9 @@ class Family:
     # (folder, auto_class, **config overrides) -> the model, for a folder released_layout claims
     load_released: Callable[..., Any] | None = None
     released_auto_classes: tuple[str, ...] = ()  # the Auto classes load_released can build
+    # architecture names of released config.json files that say nothing of their head, and what
+    # fs_ray reads them as (Bigan's TransfoXLDenoiseModel is a causal LM)
+    architecture_kinds: dict[str, str] = field(default_factory=dict)
 
     @property
     def default_objective(self) -> str:

@@ -1,6 +1,7 @@
 """Model code of fs_ray's own, for families that ``transformers`` does not carry as released.
 
-:mod:`fs_ray.models.zhouwenwang` (FengShen's RoFormer: unified LM + MLM). Each module's classes
+:mod:`fs_ray.models.zhouwenwang` (FengShen's RoFormer: unified LM + MLM) and
+:mod:`fs_ray.models.bigan` (FengShen's Transformer-XL-denoise). Each module's classes
 register with transformers' Auto classes (``AutoConfig``, ``AutoModel``, ``AutoModelForMaskedLM``,
 ...) in any process that imported fs_ray, so an export loads with ``from_pretrained`` and no remote
 code. Importing torch and transformers' modeling code takes seconds, so ``import fs_ray`` does not
@@ -17,6 +18,7 @@ import sys
 import warnings
 
 # transformers' modules that hold the Auto mappings; the first to load triggers registration
+MODULES = ("zhouwenwang", "bigan")  # fs_ray.models.<name>, each with a register()
 AUTO_MODULES = ("transformers.models.auto.configuration_auto", "transformers.models.auto.modeling_auto")
 _registered = False
 
@@ -26,12 +28,14 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    module = sys.modules.get("fs_ray.models.zhouwenwang")
-    if module is not None and not hasattr(module, "register"):
-        return  # its own import is what loaded transformers: it registers when its body is done
-    from fs_ray.models import zhouwenwang
+    for name in MODULES:
+        module = sys.modules.get(f"fs_ray.models.{name}")
+        if module is not None and not hasattr(module, "register"):
+            return  # its own import is what loaded transformers: each registers when its body is done
+    import importlib
 
-    zhouwenwang.register()
+    for name in MODULES:
+        importlib.import_module(f"fs_ray.models.{name}").register()
     _registered = True
 
 

@@ -402,7 +402,7 @@ class Generator(_Base):
             vocab = self.tokenizer.get_vocab()
             self.eos = ids["eos"]
             if self.eos is None:
-                self.eos = next((vocab[t] for t in ("</s>", "[SEP]", "<|endoftext|>") if t in vocab), None)
+                self.eos = next((vocab[t] for t in ("<|endoftext|>", "</s>", "[SEP]") if t in vocab), None)
             self.pad = ids["pad"]
             if self.pad is None:
                 self.pad = next((vocab[t] for t in ("[PAD]", "<pad>") if t in vocab), self.eos or 0)

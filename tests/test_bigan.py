@@ -151,3 +151,93 @@ def test_the_released_layout_loads_as_published_and_matches_fengshens_forward(tm
     for text in ("“凡是有成就的人，都很严肃地对待生命自己的”改写后是“", "今天 天气 很好 ABC 123"):
         assert tok.encode(text, add_special_tokens=False).ids == sp.encode(text)
     assert tok.token_to_id("<|endoftext|>") == len(sp) == special_ids(tok).eos
+
+
+# ---------------------------------------------------------------------------------------------
+# the noiser and the denoise objective
+# ---------------------------------------------------------------------------------------------
+def test_confusion_sets_parse_into_token_tables_and_noise_is_seeded_and_at_its_rates():
+    import numpy as np
+
+    from fs_ray.objectives.noise import (
+        CONFUSION_DIR,
+        add_noise,
+        confusion_table,
+        read_same_pinyin,
+        read_same_stroke,
+    )
+
+    sound, shape = (
+        read_same_pinyin(CONFUSION_DIR / "same_pinyin.txt"),
+        read_same_stroke(CONFUSION_DIR / "same_stroke.txt"),
+    )
+    assert "啊" in sound["阿"] and "阿" in sound["啊"]  # SIGHAN's commonest error pair, both ways
+    assert all(c not in others for c, others in shape.items())
+    assert any("未" in shape.get(c, []) for c in "末")  # a similar-shape pair
+    tok = load_tokenizer("bert-chinese")
+    table = confusion_table(tok)
+    assert table.covered > 3000
+    text = "但是我不能去参加，因为我有一点事情啊！听说你准备开一个舞会，那天我很抱歉。" * 20
+    ids = np.array(tok.encode(text, add_special_tokens=False).ids)
+    eligible = (table.sound[ids, 0] >= 0) | (table.shape[ids, 0] >= 0)
+    a, sub_a = add_noise(ids, table, np.random.default_rng(7), substitute_ratio=0.2)
+    b, sub_b = add_noise(ids, table, np.random.default_rng(7), substitute_ratio=0.2)
+    assert np.array_equal(a, b) and np.array_equal(sub_a, sub_b)  # seeded
+    assert len(a) == len(ids) and np.array_equal(a != ids, sub_a)
+    assert abs(sub_a[eligible].mean() - 0.2) < 0.05 and not sub_a[~eligible].any()
+    for i in np.flatnonzero(sub_a):  # every substitute is a confusion of the original character
+        original, noisy = tok.id_to_token(int(ids[i])), tok.id_to_token(int(a[i]))
+        assert noisy in sound.get(original, []) + shape.get(original, []), (original, noisy)
+    keep = np.zeros(len(ids), dtype=bool)
+    keep[:10] = True
+    c, _ = add_noise(ids, table, np.random.default_rng(1), substitute_ratio=1.0, keep=keep)
+    assert np.array_equal(c[:10], ids[:10])
+    d, _ = add_noise(ids, table, np.random.default_rng(2), substitute_ratio=0.0, delete_ratio=0.1)
+    e, _ = add_noise(ids, table, np.random.default_rng(2), substitute_ratio=0.0, insert_ratio=0.1)
+    f, _ = add_noise(ids, table, np.random.default_rng(2), substitute_ratio=0.0, swap_ratio=0.1)
+    assert 0.05 < 1 - len(d) / len(ids) < 0.15 and 0.05 < len(e) / len(ids) - 1 < 0.15
+    assert len(f) == len(ids) and sorted(f) == sorted(ids) and not np.array_equal(f, ids)
+
+
+def test_denoise_rows_are_quoted_rewrites_with_the_loss_on_the_clean_text_only():
+    from fs_ray.families import get_family
+    from fs_ray.objectives import OBJECTIVES
+    from fs_ray.objectives.pretraining import REWRITE_ASCII
+
+    from .pretrain_batches import demo_batches
+
+    family = get_family("bigan")
+    assert family.default_objective == "denoise"
+    batches, special, vocab = demo_batches(family.tokenizer, seq_len=64)
+    tok = load_tokenizer(family.tokenizer)
+    objective = OBJECTIVES["denoise"]
+    ctx = objective.context(tok)
+    assert ctx.open == tuple(
+        tok.encode(REWRITE_ASCII[0], add_special_tokens=False).ids
+    )  # BERT: no curly quotes
+    options = {"substitute_ratio": 0.3}
+    out = objective.inputs(batches[0], special, vocab, torch.Generator().manual_seed(3), options, ctx=ctx)
+    again = objective.inputs(batches[0], special, vocab, torch.Generator().manual_seed(3), options, ctx=ctx)
+    assert all(torch.equal(out[k], again[k]) for k in out)
+    changed = 0
+    for ids, labels, mask in zip(out["input_ids"], out["labels"], out["attention_mask"], strict=True):
+        n = int(mask.sum())
+        seq, lab = ids[:n].tolist(), labels[:n].tolist()
+        start = len(ctx.open)
+        assert seq[:start] == list(ctx.open) and seq[-1] == special["sep"]  # the end token
+        mid = next(i for i in range(start, n) if seq[i : i + len(ctx.middle)] == list(ctx.middle))
+        noisy, target = seq[start:mid], seq[mid + len(ctx.middle) :]
+        clean = target[: -len(ctx.close) - 1]
+        assert target[-len(ctx.close) - 1 : -1] == list(ctx.close) and len(clean) >= 1
+        assert (
+            lab[: mid + len(ctx.middle)] == [-100] * (mid + len(ctx.middle))
+            and lab[mid + len(ctx.middle) :] == target
+        )
+        assert (
+            len(noisy) == len(clean) and special["sep"] not in clean
+        )  # one document piece, substitutions only
+        changed += noisy != clean
+        assert (labels[n:] == -100).all() and (mask[n:] == 0).all()
+    assert changed >= 2
+    with pytest.raises(ValueError, match="denoise needs its context"):
+        objective.inputs(batches[0], special, vocab, torch.Generator().manual_seed(0))

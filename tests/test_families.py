@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from fs_ray.config import ConfigError, load_config
+from fs_ray.data.tokenization import load_tokenizer
 from fs_ray.families import FAMILIES, family_for_model_type, get_family
 from fs_ray.objectives import METHODS, OBJECTIVES
 from fs_ray.run_configs import FinetuneConfig, PretrainConfig
@@ -73,7 +74,9 @@ def test_each_family_objective_runs_forward_and_backward(family):
         assert objective.check(special) is None
         torch.manual_seed(0)
         model = f.build(objective.auto_class, f.config("tiny", vocab, 64, special))
-        loss = objective.wrap(model)(**objective.inputs(batches[0], special, vocab, torch.Generator().manual_seed(0)))
+        ctx = objective.context(load_tokenizer(f.tokenizer))
+        gen = torch.Generator().manual_seed(0)
+        loss = objective.wrap(model)(**objective.inputs(batches[0], special, vocab, gen, ctx=ctx))
         loss.backward()
         grads = [p.grad for p in model.parameters() if p.requires_grad]
         assert torch.isfinite(loss) and all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -115,7 +115,9 @@ def test_released_layout_loads_continues_finetunes_saves_and_serves(lay, folders
         before = _params(model)
         loss = _step(
             objective.wrap(model),
-            objective.inputs(batches[0], special, vocab, torch.Generator().manual_seed(0)),
+            objective.inputs(
+                batches[0], special, vocab, torch.Generator().manual_seed(0), ctx=objective.context(tok)
+            ),
         )
         assert np.isfinite(loss) and 0.5 * np.log(vocab) < loss < 3 * np.log(vocab)
         assert any(not torch.equal(before[k], v) for k, v in model.named_parameters())

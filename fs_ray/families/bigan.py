@@ -75,7 +75,7 @@ FAMILY = Family(
         ),
     },
     build_config=transfo_xl_config,
-    objectives=("clm",),
+    objectives=("denoise", "clm"),
     methods=("clm", "lead"),
     operations=("generate",),
     model_types=("transfo_xl_denoise",),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from fs_ray.objectives.methods import METHODS, Method
 from fs_ray.objectives.pretraining import (
     CausalLM,
+    Denoise,
     GapSentences,
     Objective,
     SpanCorruption,
@@ -22,7 +23,7 @@ from fs_ray.objectives.pretraining import (
 
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
-    for o in (WholeWordMLM(), CausalLM(), SpanCorruption(), TextInfilling(), GapSentences(), UnifiedLM())
+    for o in (WholeWordMLM(), CausalLM(), SpanCorruption(), TextInfilling(), GapSentences(), UnifiedLM(), Denoise())
 }
 
 __all__ = ["METHODS", "OBJECTIVES", "Method", "Objective", "get_method", "get_objective"]

@@ -7,6 +7,7 @@ The transforms themselves are pure functions in :mod:`fs_ray.objectives.masking`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from fs_ray.families.base import doc_end
@@ -46,11 +47,17 @@ class Objective:
         """Why a corpus prepared with these special ids cannot feed this objective (None: it can)."""
         return None
 
+    def context(self, tokenizer) -> Any:
+        """What :meth:`inputs` needs from the corpus's tokenizer beyond its special ids, built once
+        per process (None: nothing). Raises ValueError naming what the vocabulary lacks; the plan
+        calls it before any worker starts."""
+        return None
+
     def inputs(
-        self, batch: dict[str, Any], special: dict[str, Any], vocab_size: int, gen: Any, options=None
+        self, batch: dict[str, Any], special: dict[str, Any], vocab_size: int, gen: Any, options=None, ctx=None
     ) -> dict[str, Any]:
         """The model inputs (labels included) for one micro-batch; ``gen`` seeds its randomness,
-        ``options`` overrides :attr:`options`."""
+        ``options`` overrides :attr:`options`, ``ctx`` is :meth:`context`'s."""
         raise NotImplementedError
 
     def wrap(self, model):
@@ -89,7 +96,7 @@ class WholeWordMLM(Objective):
             return "whole-word MLM needs a [MASK] token, which the corpus vocabulary lacks"
         return None
 
-    def inputs(self, batch, special, vocab_size, gen, options=None):
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
         inp, labels = _whole_word_masked(batch, special, vocab_size, gen)
         return {"input_ids": inp, "attention_mask": batch["attention_mask"], "labels": labels}
 
@@ -104,7 +111,7 @@ class CausalLM(Objective):
     summary = "next-token prediction, padding ignored"
     auto_class = "AutoModelForCausalLM"
 
-    def inputs(self, batch, special, vocab_size, gen, options=None):
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
         from fs_ray.objectives import masking
 
         inp, labels = masking.causal_lm(batch["input_ids"], batch["attention_mask"])
@@ -132,7 +139,7 @@ class SpanCorruption(Objective):
             return "span corruption needs an end-of-text token ([SEP] or </s>) in the vocabulary"
         return None
 
-    def inputs(self, batch, special, vocab_size, gen, options=None):
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
         from fs_ray.objectives import masking
 
         eos = special["sep"] if special.get("sep") is not None else special["eos"]
@@ -171,7 +178,7 @@ class TextInfilling(Objective):
             return "text infilling needs a mask token ([MASK] or <mask>), which the corpus vocabulary lacks"
         return _sentence_ends_missing(special)
 
-    def inputs(self, batch, special, vocab_size, gen, options=None):
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
         from fs_ray.objectives import masking
 
         end = doc_end(special)
@@ -206,7 +213,7 @@ class GapSentences(Objective):
             return "gap-sentence generation needs an end-of-text token (</s> or [SEP])"
         return _sentence_ends_missing(special)
 
-    def inputs(self, batch, special, vocab_size, gen, options=None):
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
         from fs_ray.objectives import masking
 
         end = doc_end(special)  # as the corpus was packed
@@ -247,7 +254,7 @@ class UnifiedLM(Objective):
     def check(self, special):
         return WholeWordMLM().check(special)
 
-    def inputs(self, batch, special, vocab_size, gen, options=None):
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
         import torch
 
         opts = self.settings(options)
@@ -271,3 +278,107 @@ class UnifiedLM(Objective):
         from fs_ray.objectives.losses import UnifiedLoss
 
         return UnifiedLoss(model)
+
+
+@dataclass(frozen=True)
+class RewritePrompt:
+    """Bigan's rewriting layout in one vocabulary's ids: ``“`` noisy ``”改写后是“`` clean ``”``."""
+
+    table: Any  # fs_ray.objectives.noise.ConfusionTable
+    open: tuple[int, ...]
+    middle: tuple[int, ...]
+    close: tuple[int, ...]
+
+
+REWRITE = ("“", "”改写后是“", "”")  # FengShen's Bigan prompt: “{noisy}”改写后是“{clean}”
+# the same with ASCII quotes, for vocabularies without curly ones (the Chinese BERT vocabulary)
+REWRITE_ASCII = ('"', '"改写后是"', '"')
+
+
+def rewrite_ids(tokenizer) -> tuple[tuple[int, ...], ...] | None:
+    """The rewriting prompt's three parts in ``tokenizer``'s ids: FengShen's curly quotes where the
+    vocabulary has them, else ASCII quotes; None when neither can be written without [UNK]."""
+    unk = {tokenizer.token_to_id(t) for t in ("[UNK]", "<unk>")} - {None}
+    for layout in (REWRITE, REWRITE_ASCII):
+        parts = tuple(tuple(tokenizer.encode(p, add_special_tokens=False).ids) for p in layout)
+        if all(p and not unk & set(p) for p in parts):
+            return parts
+    return None
+
+
+class Denoise(Objective):
+    """Bigan's correction pretraining: each packed row gives one clean span (a document piece
+    between end tokens, at most half the row), noised on the fly (:func:`fs_ray.objectives.noise.
+    add_noise`: confusion-set substitutions, optional deletions, insertions, swaps) and laid out as
+    ``“{noisy}”改写后是“{clean}”`` + end; the loss is on the clean text, the closing quote and the
+    end token only."""
+
+    name = "denoise"
+    summary = "Bigan: corpus text noised from confusion sets, rewritten “{noisy}”改写后是“{clean}”"
+    auto_class = "AutoModelForCausalLM"
+    options: ClassVar[dict[str, float]] = {
+        "substitute_ratio": 0.05,
+        "sound_ratio": 0.8,
+        "delete_ratio": 0.0,
+        "insert_ratio": 0.0,
+        "swap_ratio": 0.0,
+    }
+
+    def check(self, special):
+        if doc_end(special) is None and special.get("eos") is None:
+            return "denoise needs an end token ([SEP], </s> or <|endoftext|>) to end each rewrite"
+        return None
+
+    def context(self, tokenizer) -> RewritePrompt:
+        from fs_ray.objectives.noise import confusion_table
+
+        table = confusion_table(tokenizer)
+        if table.covered == 0:
+            raise ValueError("denoise: no confusion-set character is a single token of this vocabulary")
+        parts = rewrite_ids(tokenizer)
+        if parts is None:
+            raise ValueError(f"denoise: the vocabulary cannot write the rewriting prompt {''.join(REWRITE)!r}")
+        return RewritePrompt(table, *parts)
+
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
+        import numpy as np
+        import torch
+
+        from fs_ray.objectives.noise import add_noise
+
+        if ctx is None:
+            raise ValueError("denoise needs its context (Objective.context(tokenizer)) to build rows")
+        opts = self.settings(options)
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        end = special["eos"] if special.get("eos") is not None else doc_end(special)
+        stop = doc_end(special)
+        drop = {i for i in (special.get("cls"), special.get("pad")) if i is not None}
+        width = batch["input_ids"].shape[1]
+        fixed = len(ctx.open) + len(ctx.middle) + len(ctx.close) + 1
+        room = max(1, (width - fixed) // 2)
+        pad = special.get("pad") if special.get("pad") is not None else end
+        ids = np.full((len(batch["input_ids"]), width), pad, dtype=np.int64)
+        labels = np.full_like(ids, -100)
+        mask = np.zeros_like(ids)
+        for r, (row, valid) in enumerate(zip(batch["input_ids"].numpy(), batch["attention_mask"].numpy().astype(bool), strict=True)):
+            tokens = row[valid]
+            cuts = np.flatnonzero(tokens == stop) if stop is not None else np.array([], dtype=np.int64)
+            pieces = [p[~np.isin(p, list(drop | {stop}))] for p in np.split(tokens, cuts + 1)]
+            pieces = [p for p in pieces if len(p)] or [tokens[:1]]
+            clean = pieces[int(rng.integers(len(pieces)))]
+            if len(clean) > room:
+                start = int(rng.integers(len(clean) - room + 1))
+                clean = clean[start : start + room]
+            noisy, _ = add_noise(clean, ctx.table, rng, **opts)
+            noisy = noisy[: width - fixed - len(clean)]
+            prompt = [*ctx.open, *noisy, *ctx.middle]
+            target = [*clean, *ctx.close, end]
+            seq = prompt + target
+            ids[r, : len(seq)] = seq
+            labels[r, len(prompt) : len(seq)] = target
+            mask[r, : len(seq)] = 1
+        return {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(labels),
+        }

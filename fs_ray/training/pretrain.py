@@ -23,6 +23,7 @@ from fs_ray.assets import absolute, resolve_path
 from fs_ray.config import write_resolved
 from fs_ray.data import manifest as manifest_format
 from fs_ray.data.ingest import CorpusDataConfig, Position, PreparedCorpus, collate
+from fs_ray.data.tokenization import tokenizer_from_json
 from fs_ray.families import get_family
 from fs_ray.objectives import get_objective
 from fs_ray.pretrained import original_tokenizer_files
@@ -47,6 +48,11 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
     folder = check_pretrained(cfg, corpus, prepared, notes) if cfg.model.from_pretrained else None
     objective = get_objective(cfg.model.objective_name)
     problem = objective.check(corpus.special_ids)
+    if not problem:
+        try:  # what the objective builds from the corpus's tokenizer (Bigan's confusion ids, prompt)
+            objective.context(tokenizer_from_json(storage.read_text(storage.join(prepared, manifest_format.TOKENIZER_FILE))))
+        except ValueError as err:
+            problem = str(err)
     if problem:
         raise PretrainError(
             f"model.objective={objective.name} ({cfg.model.family}) cannot train on {prepared}: {problem}"
@@ -201,6 +207,7 @@ class PretrainWork:
         self.log_every = max(1, min(10, cfg.checkpoint.every_n_steps))
         self.run_dir, self.tokenizer_json, self.trace_dir = run_dir, tokenizer_json, trace_dir
         self.tokenizer_originals = tokenizer_originals or {}
+        self._ctx, self._ctx_built = None, False
         self.tensorboard_dir = self.metrics_path = None
 
     def setup(self, rank: int, world: int) -> None:
@@ -239,7 +246,12 @@ class PretrainWork:
         return it
 
     def inputs(self, batch, gen):
-        return self.objective.inputs(batch, self.special, self.vocab, gen, self.cfg.model.objective_options)
+        if not self._ctx_built:  # once per worker process, from the corpus's own tokenizer
+            self._ctx = self.objective.context(tokenizer_from_json(self.tokenizer_json))
+            self._ctx_built = True
+        return self.objective.inputs(
+            batch, self.special, self.vocab, gen, self.cfg.model.objective_options, ctx=self._ctx
+        )
 
     def checkpoint_due(self, step: int) -> bool:
         return step % self.cfg.checkpoint.every_n_steps == 0 or step == self.total_steps

@@ -416,6 +416,9 @@ def entity_f1(gold: list[list[str]], pred: list[list[str]]) -> dict[str, float]:
 
 
 def gold_of(split: TaskSplit, examples: list[Example]) -> list[Any]:
+    """What a prediction is scored against: tags, the label, or (correction) [source, target]."""
+    if split.spec.metric == "correct_f1":
+        return [[ex.texts[0], ex.label] for ex in examples]
     return [ex.tags or [] if split.spec.metric == "entity_f1" else ex.label for ex in examples]
 
 
@@ -423,6 +426,11 @@ def score_labels(metric: str, gold: list[Any], predictions: list[Any]) -> dict[s
     """The task's metric and its companions, as fractions (a table shows them in percent)."""
     if metric == "entity_f1":
         return entity_f1(gold, predictions)
+    if metric == "correct_f1":  # gold: [source, target] pairs
+        from fs_ray.correction import correction_scores
+
+        scores = correction_scores([g[0] for g in gold], [g[1] for g in gold], [p or "" for p in predictions])
+        return {k: v for k, v in scores.items() if k not in ("sentences", "positives")}
     if metric == "rougeL":
         from fs_ray.generation import generation_scores
 

@@ -8,7 +8,9 @@ Five shapes cover FewCLUE, CLUE-style TSV and tagging data:
 - ``coref``   a text + two spans -> do they corefer (cluewsc);
 - ``tagging`` characters -> one BIO tag each (MSRA NER; scored by entity F1);
 - ``generation`` a source text -> a target text (CSL titles and keywords, LCSTS summaries; scored
-  by character ROUGE-L, with ROUGE-1/2 and BLEU-4 beside it).
+  by character ROUGE-L, with ROUGE-1/2 and BLEU-4 beside it);
+- ``correction`` a text with spelling errors -> the corrected text (SIGHAN; scored by sentence-level
+  correction F1 as pycorrector's leaderboard counts it, detection and character level beside it).
 
 A new dataset in one of these shapes is a :class:`TaskSpec` in a config (``finetune.task_specs``),
 not code. Readers never guess silently: a record with a missing field, an unknown label or a
@@ -40,11 +42,13 @@ class TaskDataError(ValueError):
 class TaskSpec(Section):
     """Where a task's files are and how to read them."""
 
-    shape: Literal["single", "pair", "choice", "coref", "tagging", "generation"] = Field(
+    shape: Literal["single", "pair", "choice", "coref", "tagging", "generation", "correction"] = Field(
         description="Task structure."
     )
     path: str = Field(description="Task folder, relative to finetune data.root (or absolute / a URI).")
-    format: Literal["jsonl", "tsv"] = Field("jsonl", description="JSON lines, or TSV with a header row.")
+    format: Literal["jsonl", "tsv", "json"] = Field(
+        "jsonl", description="JSON lines, TSV with a header row, or one JSON array of records (SIGHAN's)."
+    )
     columns: list[str] | None = Field(
         None, description="TSV without a header row: the names of its columns, in order."
     )
@@ -81,8 +85,10 @@ class TaskSpec(Section):
     candidates_field: str = Field("candidates", description="choice: field with the candidate list.")
     blank: str = Field("#idiom#", description="choice: marker of the blank in the text.")
     span_field: str = Field("target", description="coref: field with span1/span2 text and index.")
-    metric: Literal["accuracy", "entity_f1", "rougeL"] = Field(
-        "accuracy", description="Dev metric (generation: rougeL, the character ROUGE-L F)."
+    metric: Literal["accuracy", "entity_f1", "rougeL", "correct_f1"] = Field(
+        "accuracy",
+        description="Dev metric (generation: rougeL, the character ROUGE-L F; correction: correct_f1, "
+        "the sentence-level correction F1).",
     )
     holdout: float = Field(
         0,
@@ -123,6 +129,13 @@ class TaskSpec(Section):
                 raise ValueError(f"prompt {self.prompt!r} has no {{text}} for the record's text")
         elif self.metric == "rougeL":
             raise ValueError(f"rougeL scores generation tasks, not {self.shape}")
+        if self.shape == "correction":
+            if "metric" not in self.model_fields_set:
+                self.metric = "correct_f1"
+            if self.metric != "correct_f1":
+                raise ValueError(f"a correction task is scored by correct_f1, not {self.metric}")
+        elif self.metric == "correct_f1":
+            raise ValueError(f"correct_f1 scores correction tasks, not {self.shape}")
         return self
 
 
@@ -210,6 +223,13 @@ BUILTIN_TASKS: dict[str, dict[str, Any]] = {
         "text_fields": ["text"], "label_field": "summary", "splits": ["full"], "train_file": "train.tsv",
         "dev_file": "dev.tsv", "test_file": None, "prompt": "{text}\n摘要：", "max_target_len": 32,
     },
+    # SIGHAN-2015's training set as pycorrector publishes it (a JSON array of {id, original_text,
+    # wrong_ids, correct_text}); a seeded 500 held out as dev
+    "sighan15": {
+        "shape": "correction", "path": "sighan15", "format": "json", "text_fields": ["original_text"],
+        "label_field": "correct_text", "splits": ["full"], "train_file": "train.json", "dev_file": "train.json",
+        "test_file": None, "holdout": 500, "max_target_len": 160,
+    },
     "msra_ner": {
         "shape": "tagging", "path": "msra_ner", "format": "tsv", "text_fields": ["text_a"],
         "splits": ["full"], "train_file": "train.tsv", "dev_file": "dev.tsv", "test_file": None,
@@ -282,6 +302,17 @@ def _text(record: dict[str, Any], key: str, where: str) -> str:
 
 def _records(spec: TaskSpec, path: str):
     data = storage.read_bytes(path)
+    if spec.format == "json":  # one array of records; a record's place in it is its "line"
+        try:
+            array = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise TaskDataError(f"{path}: not a JSON array of records ({err})") from None
+        if not isinstance(array, list):
+            raise TaskDataError(f"{path}: format json expects an array of records, got {type(array).__name__}")
+        for number, record in enumerate(array, start=1):
+            where = f"{path}:record {number}"
+            yield where, record if isinstance(record, dict) else _Bad("bad_json", f"{where}: not a JSON object")
+        return
     # split on \n only: iflytek's texts contain U+2028, which str.splitlines() would break on
     lines = data.split(b"\n")
     header: list[str] | None = None
@@ -366,7 +397,7 @@ def _example(spec: TaskSpec, record: dict[str, Any], where: str, labelled: bool,
         raw = str(_get(record, spec.text_fields[0], where))  # indices refer to the unstripped text
         ex.texts = [raw]
         ex.spans = [_span(raw, target, k, where, spec.span_field) for k in (1, 2)]
-    elif spec.shape == "generation" and labelled:
+    elif spec.shape in ("generation", "correction") and labelled:
         ex.label = _text(record, spec.label_field, where)
         if not ex.label:
             raise _Bad("empty_target", f"{where}: field {spec.label_field!r} (the target) is empty")

@@ -76,7 +76,7 @@ FAMILY = Family(
     },
     build_config=transfo_xl_config,
     objectives=("denoise", "clm"),
-    methods=("clm", "lead"),
+    methods=("clm", "lead", "copy"),
     operations=("generate",),
     model_types=("transfo_xl_denoise",),
     folder_tokenizer=folder_tokenizer,

@@ -70,6 +70,8 @@ class Method:
 def _classifies(shape: str) -> str | None:
     if shape == "generation":
         return "a generation task needs seq2seq (T5/BART/Pegasus), clm (GPT2) or the lead floor"
+    if shape == "correction":
+        return "a correction task needs a correction method (the copy floor for now)"
     return None
 
 
@@ -266,6 +268,21 @@ class Lead(Method):
         }
 
 
+class Copy(Method):
+    name = "copy"
+    summary = "the correction floor: the input as it is (correction F1 0; its precision shows the class balance)"
+    neural = False
+    trains = False
+
+    def check_shape(self, shape):
+        if shape != "correction":
+            return "copy is the floor of correction tasks"
+        return None
+
+    def fit_predict(self, split):
+        return {"dev": [ex.texts[0] for ex in split.dev], "test": [ex.texts[0] for ex in split.test]}
+
+
 METHODS: dict[str, Method] = {
-    m.name: m for m in (Head(), UniMC(), UniMCZero(), TfIdf(), Seq2Seq(), CausalGeneration(), Lead())
+    m.name: m for m in (Head(), UniMC(), UniMCZero(), TfIdf(), Seq2Seq(), CausalGeneration(), Lead(), Copy())
 }

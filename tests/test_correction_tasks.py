@@ -1,0 +1,72 @@
+"""Correction tasks without a cluster: SIGHAN's JSON-array format read into (source, target)
+examples, the seeded holdout, the copy floor scored by the correction metrics, and the refusals
+(fast tier). tests/data/sighan15/train.json holds 40 real rows of pycorrector's SIGHAN-2015
+training set (Apache-2.0), 4 of them without an error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fs_ray.data.encoding import gold_of, score_labels
+from fs_ray.data.tasks import TaskDataError, TaskSpec, load_split, read_file, task_spec
+from fs_ray.objectives import get_method
+
+TESTDATA = Path(__file__).resolve().parent / "data"
+
+
+def sighan(**more) -> TaskSpec:
+    return task_spec("sighan15").model_copy(update={"holdout": 10, **more})
+
+
+def test_sighan_json_reads_into_sources_and_targets_with_a_seeded_holdout():
+    spec = sighan()
+    assert (spec.shape, spec.format, spec.metric) == ("correction", "json", "correct_f1")
+    split = load_split("sighan15", spec, str(TESTDATA), "full")
+    assert (len(split.train), len(split.dev)) == (30, 10)
+    assert not {ex.where for ex in split.dev} & {ex.where for ex in split.train}
+    rows = json.loads((TESTDATA / "sighan15" / "train.json").read_text(encoding="utf-8"))
+    first = next(ex for ex in split.train + split.dev if ex.where.endswith("record 1"))
+    assert (first.texts[0], first.label) == (rows[0]["original_text"], rows[0]["correct_text"])
+    again = load_split("sighan15", spec, str(TESTDATA), "full")
+    assert [ex.where for ex in again.dev] == [ex.where for ex in split.dev]
+
+
+def test_the_copy_floor_scores_zero_correction_and_its_accuracy_is_the_clean_share():
+    spec = sighan(holdout=40 - 1)  # nearly everything as dev
+    split = load_split("sighan15", spec, str(TESTDATA), "full")
+    copy = get_method("copy")
+    assert copy.check_shape("correction") is None and not copy.neural
+    preds = copy.fit_predict(split)["dev"]
+    gold = gold_of(split, split.dev)
+    scores = score_labels("correct_f1", gold, preds)
+    clean = sum(src == tgt for src, tgt in gold)
+    assert scores["correct_f1"] == scores["detect_f1"] == 0.0
+    assert scores["sentence_accuracy"] == pytest.approx(clean / len(gold)) and clean >= 3
+    perfect = score_labels("correct_f1", gold, [tgt for _, tgt in gold])
+    assert perfect["correct_f1"] == perfect["char_correct_f1"] == 1.0
+
+
+def test_correction_refusals_name_what_fits(tmp_path):
+    assert "needs a correction method" in get_method("head").check_shape("correction")
+    assert "needs a correction method" in get_method("tfidf").check_shape("correction")
+    assert get_method("copy").check_shape("generation") == "copy is the floor of correction tasks"
+    with pytest.raises(ValueError, match="a correction task is scored by correct_f1, not accuracy"):
+        TaskSpec.model_validate({**task_spec("sighan15").model_dump(), "metric": "accuracy"})
+    with pytest.raises(ValueError, match="correct_f1 scores correction tasks, not single"):
+        TaskSpec.model_validate(
+            {"shape": "single", "path": "x", "text_fields": ["t"], "metric": "correct_f1"}
+        )
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"original_text": "x"}', encoding="utf-8")
+    with pytest.raises(TaskDataError, match="format json expects an array of records, got dict"):
+        read_file(sighan(), str(bad), True, None)
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(
+        json.dumps([{"original_text": "他门在哪", "correct_text": "他们在哪"}, 7, {"original_text": "抱见"}]),
+        encoding="utf-8",
+    )
+    examples, report = read_file(sighan(), str(mixed), True, None, max_bad_fraction=0.9)
+    assert len(examples) == 1 and report.bad == {"bad_json": 1, "missing_field": 1}

@@ -50,8 +50,10 @@ def test_the_copy_floor_scores_zero_correction_and_its_accuracy_is_the_clean_sha
 
 
 def test_correction_refusals_name_what_fits(tmp_path):
-    assert "needs a correction method" in get_method("head").check_shape("correction")
-    assert "needs a correction method" in get_method("tfidf").check_shape("correction")
+    assert "a correction task needs clm (a decoder rewriting it, as Bigan does)" in get_method(
+        "head"
+    ).check_shape("correction")
+    assert "seq2seq or the copy floor" in get_method("tfidf").check_shape("correction")
     assert get_method("copy").check_shape("generation") == "copy is the floor of correction tasks"
     with pytest.raises(ValueError, match="a correction task is scored by correct_f1, not accuracy"):
         TaskSpec.model_validate({**task_spec("sighan15").model_dump(), "metric": "accuracy"})
@@ -70,3 +72,24 @@ def test_correction_refusals_name_what_fits(tmp_path):
     )
     examples, report = read_file(sighan(), str(mixed), True, None, max_bad_fraction=0.9)
     assert len(examples) == 1 and report.bad == {"bad_json": 1, "missing_field": 1}
+
+
+def test_clm_rows_are_bigans_rewrite_layout_and_decoding_stops_at_the_closing_quote():
+    from fs_ray.data.encoding import IGNORE, Encoder, encode_generation, rewrite_layout
+    from fs_ray.data.tokenization import load_tokenizer, special_ids
+
+    tok = load_tokenizer("bert-chinese")
+    assert rewrite_layout(tok) == ('"', '"改写后是"', '"')  # no curly quotes in the BERT vocabulary
+    split = load_split("sighan15", sighan(max_target_len=64), str(TESTDATA), "full")
+    enc = Encoder(tok, 160, "head")
+    special = special_ids(tok).as_dict()
+    ex = split.train[0]
+    (row,) = encode_generation(split, [ex], enc, special, True, True, decoder=True)
+    n = int(row["attention_mask"].sum())
+    text = tok.decode(row["input_ids"][:n].tolist()).replace(" ", "")
+    assert text == f'"{ex.texts[0]}"改写后是"{ex.label}"'.replace(" ", "")  # (decode drops [SEP])
+    assert row["input_ids"][n - 1] == special["sep"]
+    target = [i for i in row["labels"][:n].tolist() if i != IGNORE]
+    assert tok.decode(target).replace(" ", "") == f'{ex.label}"' and target[-1] == special["sep"]
+    assert (row["labels"][:n] == IGNORE).sum() == n - len(target)  # no loss on the prompt or the source
+    assert get_method("clm").check_shape("correction") is None

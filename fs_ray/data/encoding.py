@@ -303,6 +303,18 @@ def prompt_ids(enc: Encoder, template: str, text: str, budget: int) -> list[int]
     return [*head, *enc.cut(enc.ids(text), budget - len(head) - len(tail)), *tail]
 
 
+def rewrite_layout(tokenizer) -> tuple[str, str, str]:
+    """Bigan's rewriting prompt as this vocabulary writes it: ``“{text}”改写后是“`` + target + ``”``
+    with curly quotes where it has them, ASCII quotes otherwise (the Chinese BERT vocabulary)."""
+    from fs_ray.objectives.pretraining import REWRITE, REWRITE_ASCII, rewrite_ids
+
+    parts = rewrite_ids(tokenizer)
+    if parts is None:
+        raise ValueError(f"the vocabulary cannot write the rewriting prompt {''.join(REWRITE)!r}")
+    curly = tuple(tuple(tokenizer.encode(p, add_special_tokens=False).ids) for p in REWRITE)
+    return REWRITE if parts == curly else REWRITE_ASCII
+
+
 def _pad_to(ids: list[int], width: int, value: int) -> np.ndarray:
     return np.array([*ids, *[value] * (width - len(ids))], dtype=np.int64)
 
@@ -329,10 +341,29 @@ def encode_generation(
     lead = [special["cls"]] if special.get("cls") is not None else []
     pad = special.get("pad") if special.get("pad") is not None else end
     tgt_len = spec.max_target_len
+    rewrite = decoder and spec.shape == "correction"
+    if rewrite:  # Bigan's layout, as the denoise objective pretrains it: “{text}”改写后是“{clean}” + end
+        opening, middle, closing = (enc.ids(p) for p in rewrite_layout(enc.tokenizer))
     rows = []
     for row, ex in enumerate(examples):
         target = [*enc.ids(ex.label)[: tgt_len - 1], end] if labelled and ex.label else []
-        if decoder:
+        if rewrite:
+            target = [*enc.ids(ex.label)[: tgt_len - 1 - len(closing)], *closing, end] if labelled and ex.label else []
+            room = enc.max_len - tgt_len - len(opening) - len(middle)
+            if room < 8:
+                raise ValueError(
+                    f"task.max_len {enc.max_len} leaves no room for the source after {tgt_len} target tokens"
+                )
+            source = [*opening, *enc.cut(enc.ids(ex.texts[0]), room), *middle]
+            ids = source + (target if train else [])
+            labels = [IGNORE] * len(source) + target if train else []
+            item = {
+                "input_ids": _pad_to(ids, enc.max_len, pad),
+                "attention_mask": _pad_to([1] * len(ids), enc.max_len, 0),
+            }
+            if train:
+                item["labels"] = _pad_to(labels, enc.max_len, IGNORE)
+        elif decoder:
             room = enc.max_len - len(lead) - 1 - tgt_len  # evaluation generates into the same room
             if room < 8:
                 raise ValueError(

@@ -33,6 +33,7 @@ from fs_ray.assets import resolve_path
 from fs_ray.config import Section
 
 FEWCLUE_SPLITS = ["0", "1", "2", "3", "4", "few_all"]
+GENERATIVE_SHAPES = ("generation", "correction")  # shapes whose predictions are generated text
 
 
 class TaskDataError(ValueError):

@@ -71,7 +71,7 @@ def _classifies(shape: str) -> str | None:
     if shape == "generation":
         return "a generation task needs seq2seq (T5/BART/Pegasus), clm (GPT2) or the lead floor"
     if shape == "correction":
-        return "a correction task needs a correction method (the copy floor for now)"
+        return "a correction task needs clm (a decoder rewriting it, as Bigan does), seq2seq or the copy floor"
     return None
 
 
@@ -187,7 +187,7 @@ class Generation(Method):
     needs_cls_sep = False
 
     def check_shape(self, shape):
-        if shape != "generation":
+        if shape not in ("generation", "correction"):
             return f"{self.name} generates text; a {shape} task needs head, unimc or tfidf"
         return None
 
@@ -224,7 +224,13 @@ class Generation(Method):
             forced_bos_token_id=None,  # targets start with their first token (a released BART may force a BOS)
         )
         tok = work.tokenizer
-        return [(uid, decode_text(tok, seq)) for uid, seq in zip(batch["uid"].tolist(), ids, strict=True)]
+        texts = [decode_text(tok, seq) for seq in ids]
+        if work.shape == "correction" and self.decoder:  # a rewrite ends at its closing quote
+            from fs_ray.data.encoding import rewrite_layout
+
+            close = rewrite_layout(tok)[2]
+            texts = [t.split(close, 1)[0] for t in texts]
+        return list(zip(batch["uid"].tolist(), texts, strict=True))
 
     def decode(self, shape, labels, n_examples, outputs, rows, lengths=None):
         from fs_ray.data.encoding import decode_generation

@@ -38,7 +38,7 @@ from fs_ray import storage
 from fs_ray.assets import absolute
 from fs_ray.config import write_resolved
 from fs_ray.data.encoding import Encoder, gold_of, score_labels
-from fs_ray.data.tasks import TaskDataError, TaskSpec, TaskSplit, load_split, task_spec
+from fs_ray.data.tasks import GENERATIVE_SHAPES, TaskDataError, TaskSpec, TaskSplit, load_split, task_spec
 from fs_ray.objectives import METHODS, get_method
 from fs_ray.run_configs import FinetuneConfig
 from fs_ray.training import checkpoint as layout
@@ -158,7 +158,7 @@ def check_pretrained(cfg: FinetuneConfig, specs: dict[str, TaskSpec]):
     if positions:
         for name, spec in specs.items():
             tcfg = cfg.for_task(name)
-            longest = max(tcfg.task.max_len, spec.max_target_len if spec.shape == "generation" else 0)
+            longest = max(tcfg.task.max_len, spec.max_target_len if spec.shape in GENERATIVE_SHAPES else 0)
             if longest > positions:
                 what = "task.max_len" if longest == tcfg.task.max_len else f"task {name}'s max_target_len"
                 raise FinetuneError(
@@ -512,7 +512,7 @@ def run_neural(
                     "max_target_len": split.spec.max_target_len,
                     "decoding": cfg.decoding.model_dump(),
                 }
-                if split.spec.shape == "generation"
+                if split.spec.shape in GENERATIVE_SHAPES
                 else {}
             ),
             "trained_on": f"{split.spec.train_file.format(split=split.split)}",

@@ -53,7 +53,7 @@ def test_correction_refusals_name_what_fits(tmp_path):
     assert "a correction task needs clm (a decoder rewriting it, as Bigan does)" in get_method(
         "head"
     ).check_shape("correction")
-    assert "seq2seq or the copy floor" in get_method("tfidf").check_shape("correction")
+    assert "seq2seq or a floor (copy, ngram)" in get_method("tfidf").check_shape("correction")
     assert get_method("copy").check_shape("generation") == "copy is the floor of correction tasks"
     with pytest.raises(ValueError, match="a correction task is scored by correct_f1, not accuracy"):
         TaskSpec.model_validate({**task_spec("sighan15").model_dump(), "metric": "accuracy"})
@@ -93,3 +93,18 @@ def test_clm_rows_are_bigans_rewrite_layout_and_decoding_stops_at_the_closing_qu
     assert tok.decode(target).replace(" ", "") == f'{ex.label}"' and target[-1] == special["sep"]
     assert (row["labels"][:n] == IGNORE).sum() == n - len(target)  # no loss on the prompt or the source
     assert get_method("clm").check_shape("correction") is None
+
+
+def test_the_ngram_floor_fixes_what_its_language_model_knows_and_leaves_the_rest():
+    from fs_ray.training.ngram_corrector import CharTrigramLM, confusions, correct, ngram_predict
+
+    table = confusions()
+    assert "啊" in table["阿"] and "阿" in table["啊"]
+    lm = CharTrigramLM(["我有一点事情啊！", "今天天气很好。"] * 20)
+    assert correct("我有一点事情阿！", lm, table, 1.0) == "我有一点事情啊！"
+    assert correct("今天天气很好。", lm, table, 1.0) == "今天天气很好。"
+    assert correct("我有一点事情阿！", lm, table, 1e9) == "我有一点事情阿！"  # nothing beats that threshold
+    split = load_split("sighan15", sighan(), str(TESTDATA), "full")
+    out = ngram_predict(split, corpus_lines=200)
+    assert len(out["dev"]) == len(split.dev) and out["test"] == [] and out["threshold"] > 0
+    assert get_method("ngram").check_shape("correction") is None and not get_method("ngram").neural

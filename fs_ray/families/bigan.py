@@ -76,7 +76,7 @@ FAMILY = Family(
     },
     build_config=transfo_xl_config,
     objectives=("denoise", "clm"),
-    methods=("clm", "lead", "copy"),
+    methods=("clm", "lead", "copy", "ngram"),
     operations=("generate",),
     model_types=("transfo_xl_denoise",),
     folder_tokenizer=folder_tokenizer,

@@ -71,7 +71,7 @@ def _classifies(shape: str) -> str | None:
     if shape == "generation":
         return "a generation task needs seq2seq (T5/BART/Pegasus), clm (GPT2) or the lead floor"
     if shape == "correction":
-        return "a correction task needs clm (a decoder rewriting it, as Bigan does), seq2seq or the copy floor"
+        return "a correction task needs clm (a decoder rewriting it, as Bigan does), seq2seq or a floor (copy, ngram)"
     return None
 
 
@@ -289,6 +289,24 @@ class Copy(Method):
         return {"dev": [ex.texts[0] for ex in split.dev], "test": [ex.texts[0] for ex in split.test]}
 
 
+class NgramCorrector(Method):
+    name = "ngram"
+    summary = "the statistical correction floor: confusion sets + a character trigram LM, threshold tuned on dev"
+    neural = False
+    trains = True
+
+    def check_shape(self, shape):
+        if shape != "correction":
+            return "ngram is a floor of correction tasks"
+        return None
+
+    def fit_predict(self, split):
+        from fs_ray.training.ngram_corrector import ngram_predict
+
+        return ngram_predict(split)
+
+
 METHODS: dict[str, Method] = {
-    m.name: m for m in (Head(), UniMC(), UniMCZero(), TfIdf(), Seq2Seq(), CausalGeneration(), Lead(), Copy())
+    m.name: m
+    for m in (Head(), UniMC(), UniMCZero(), TfIdf(), Seq2Seq(), CausalGeneration(), Lead(), Copy(), NgramCorrector())
 }

@@ -108,3 +108,51 @@ def test_the_ngram_floor_fixes_what_its_language_model_knows_and_leaves_the_rest
     out = ngram_predict(split, corpus_lines=200)
     assert len(out["dev"]) == len(split.dev) and out["test"] == [] and out["threshold"] > 0
     assert get_method("ngram").check_shape("correction") is None and not get_method("ngram").neural
+
+
+def test_mlm_corrector_rows_train_on_every_character_and_decode_in_place():
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from fs_ray.data.encoding import IGNORE, Encoder, collate_rows, corrected_text
+    from fs_ray.data.tokenization import load_tokenizer
+    from fs_ray.families import get_family
+
+    tok = load_tokenizer("bert-chinese")
+    split = load_split("sighan15", sighan(), str(TESTDATA), "full")
+    method = get_method("mlm_correct")
+    enc = Encoder(tok, 64, "head")
+    rows = method.encode(split, split.train[:4], enc, True, True, None)
+    ex, row = split.train[0], rows[0]
+    n = len(ex.texts[0])
+    assert row["input_ids"][0] == tok.token_to_id("[CLS]") and row["input_ids"][n + 1] == tok.token_to_id(
+        "[SEP]"
+    )
+    assert [chr(c) for c in row["chars"][1 : n + 1]] == list(ex.texts[0])
+    labelled = row["labels"][1 : n + 1]
+    assert (labelled != IGNORE).all() and row["labels"][0] == IGNORE
+    assert tok.decode(labelled.tolist()).replace(" ", "") == ex.label.lower()
+    # in place: Chinese characters take the prediction, anything else keeps the source
+    chars = np.array([0, *map(ord, "他门ok"), 0])
+    pred = np.array(
+        [0, tok.token_to_id("他"), tok.token_to_id("们"), tok.token_to_id("好"), tok.token_to_id("的"), 0]
+    )
+    assert corrected_text(tok, chars, pred) == "他们ok"
+    # one training step and one prediction through the method's own wrapper
+    family = get_family("erlangshen")
+    model = family.build("AutoModelForMaskedLM", family.config("tiny", tok.get_vocab_size(), 64, {}))
+    batch = collate_rows(
+        {k: np.stack([r[k] for r in rows]) for k in rows[0] if k != "row"} | {"uid": np.arange(4)}
+    )
+    module = method.wrap(model, None)
+    inputs = {k: v for k, v in batch.items() if k != "uid"}
+    loss = module(**inputs)
+    loss.backward()
+    assert torch.isfinite(loss) and 0.5 * np.log(tok.get_vocab_size()) < float(loss) < 3 * np.log(
+        tok.get_vocab_size()
+    )
+    out = method.predict(SimpleNamespace(tokenizer=tok), module, inputs, batch)
+    assert [uid for uid, _ in out] == [0, 1, 2, 3]
+    assert [len(text) for _, text in out] == [len(e.texts[0]) for e in split.train[:4]]

@@ -303,6 +303,56 @@ def prompt_ids(enc: Encoder, template: str, text: str, budget: int) -> list[int]
     return [*head, *enc.cut(enc.ids(text), budget - len(head) - len(tail)), *tail]
 
 
+def _char_id(enc: Encoder, char: str) -> int:
+    """The one token a character is in this vocabulary ([UNK] when it is none or several)."""
+    ids = enc.ids(char)
+    return ids[0] if len(ids) == 1 else enc.unk
+
+
+def encode_mlm_correction(split: TaskSplit, examples: list[Example], enc: Encoder, labelled: bool) -> list[dict]:
+    """MLM-corrector rows: ``[CLS]`` + one token per source character + ``[SEP]``; labels are the
+    target's characters at every position (the model learns to copy as well as to fix), none for a
+    pair whose lengths differ (this method rewrites in place); ``chars`` keeps each position's
+    source character (its code point) for decoding."""
+    if enc.cls is None or enc.sep is None:
+        raise ValueError("the MLM corrector needs a BERT-style vocabulary with [CLS] and [SEP]")
+    rows = []
+    for row, ex in enumerate(examples):
+        chars = list(ex.texts[0])[: enc.max_len - 2]
+        ids = [enc.cls, *(_char_id(enc, c) for c in chars), enc.sep]
+        labels = [IGNORE] * len(ids)
+        target = ex.label or ""
+        if labelled and len(target) == len(ex.texts[0]):
+            labels = [IGNORE, *(_char_id(enc, c) for c in target[: len(chars)]), IGNORE]
+        rows.append(
+            {
+                "input_ids": _pad_to(ids, enc.max_len, enc.pad),
+                "attention_mask": _pad_to([1] * len(ids), enc.max_len, 0),
+                "labels": _pad_to(labels, enc.max_len, IGNORE),
+                "chars": _pad_to([0, *(ord(c) for c in chars), 0], enc.max_len, 0),
+                "row": np.int64(row),
+            }
+        )
+    return rows
+
+
+def _cjk(text: str) -> bool:
+    return len(text) == 1 and ("\u4e00" <= text <= "\u9fff" or "\u3400" <= text <= "\u4dbf")
+
+
+def corrected_text(tokenizer, chars: np.ndarray, predicted: np.ndarray) -> str:
+    """The source characters with each Chinese one replaced by the Chinese character predicted at
+    its position (positions 1..n; anything else, [UNK] or a word piece keeps the source)."""
+    out = []
+    for code, pid in zip(chars, predicted, strict=True):
+        if not code:
+            continue
+        src = chr(int(code))
+        token = tokenizer.id_to_token(int(pid)) or ""
+        out.append(token if _cjk(src) and _cjk(token) else src)
+    return "".join(out)
+
+
 def rewrite_layout(tokenizer) -> tuple[str, str, str]:
     """Bigan's rewriting prompt as this vocabulary writes it: ``“{text}”改写后是“`` + target + ``”``
     with curly quotes where it has them, ASCII quotes otherwise (the Chinese BERT vocabulary)."""
@@ -417,7 +467,7 @@ def collate_rows(batch: dict[str, np.ndarray]) -> dict[str, Any]:
             # a seq2seq target has its own width: trimmed to its own longest row
             used = np.nonzero((arr != IGNORE).any(axis=0))[0]
             arr = arr[:, : int(used.max()) + 1 if len(used) else 1]
-        elif key in ("input_ids", "attention_mask", "token_type_ids", "labels") and arr.ndim >= 2:
+        elif key in ("input_ids", "attention_mask", "token_type_ids", "labels", "chars") and arr.ndim >= 2:
             arr = arr[..., :longest]
         out[key] = torch.from_numpy(np.ascontiguousarray(arr))
     return out

@@ -57,7 +57,7 @@ FAMILY = Family(
     },
     build_config=bert_config,
     objectives=("mlm",),
-    methods=("head", "unimc", "unimc_zero", "tfidf", "copy", "ngram"),
+    methods=("head", "unimc", "unimc_zero", "tfidf", "mlm_correct", "copy", "ngram"),
     operations=("fill_mask", "zero_shot", "classify", "ner"),
     model_types=("bert", "megatron-bert", "roberta"),
 )

@@ -76,7 +76,7 @@ FAMILY = Family(
     },
     build_config=roformer_config,
     objectives=("unified", "mlm", "clm"),
-    methods=("head", "unimc", "unimc_zero", "tfidf", "clm", "lead", "copy", "ngram"),
+    methods=("head", "unimc", "unimc_zero", "tfidf", "clm", "lead", "mlm_correct", "copy", "ngram"),
     operations=("fill_mask", "zero_shot", "classify", "ner", "generate"),
     model_types=("zhouwenwang",),
     released_layout=_released_layout,

@@ -29,6 +29,17 @@ class MaskedLMLoss(nn.Module):
         return nn.functional.cross_entropy(logits.float(), labels[picked])
 
 
+class CorrectorLoss(MaskedLMLoss):
+    """The MLM corrector: cross-entropy of the MLM head at every labelled position (the target's
+    character); ``chars`` (for decoding) is not a model input."""
+
+    def forward(self, input_ids, attention_mask, labels, chars=None, **_):
+        return super().forward(input_ids, attention_mask, labels)
+
+    def logits(self, input_ids, attention_mask, chars=None, labels=None, **_):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
 class UnifiedLoss(nn.Module):
     """Zhouwenwang's unified objective: one forward with a per-row mask (``causal``), the MLM loss
     on the masked positions of bidirectional rows, the next-token loss on causal rows; the vocabulary

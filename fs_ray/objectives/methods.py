@@ -71,7 +71,10 @@ def _classifies(shape: str) -> str | None:
     if shape == "generation":
         return "a generation task needs seq2seq (T5/BART/Pegasus), clm (GPT2) or the lead floor"
     if shape == "correction":
-        return "a correction task needs clm (a decoder rewriting it, as Bigan does), seq2seq or a floor (copy, ngram)"
+        return (
+            "a correction task needs clm (a decoder rewriting it, as Bigan does), mlm_correct (an encoder), "
+            "seq2seq or a floor (copy, ngram)"
+        )
     return None
 
 
@@ -289,6 +292,45 @@ class Copy(Method):
         return {"dev": [ex.texts[0] for ex in split.dev], "test": [ex.texts[0] for ex in split.test]}
 
 
+class MLMCorrector(Method):
+    name = "mlm_correct"
+    summary = "MLM as corrector (MacBERT4CSC-style): the MLM head predicts every character, fine-tuned on the pairs"
+    probe_keys = ("input_ids", "attention_mask")
+
+    def check_shape(self, shape):
+        if shape != "correction":
+            return f"{self.name} corrects text in place; a {shape} task needs another method"
+        return None
+
+    def auto_class(self, shape):
+        return "AutoModelForMaskedLM"
+
+    def encode(self, split, examples, enc, labelled, train, cfg):
+        from fs_ray.data.encoding import encode_mlm_correction
+
+        return encode_mlm_correction(split, examples, enc, labelled)
+
+    def wrap(self, model, yes_id):
+        from fs_ray.objectives.losses import CorrectorLoss
+
+        return CorrectorLoss(model)
+
+    def predict(self, work, module, inputs, batch):
+        from fs_ray.data.encoding import corrected_text
+
+        predicted = module.logits(**inputs).argmax(-1).cpu().numpy()
+        chars = batch["chars"].cpu().numpy()
+        return [
+            (uid, corrected_text(work.tokenizer, chars[j], predicted[j]))
+            for j, uid in enumerate(batch["uid"].tolist())
+        ]
+
+    def decode(self, shape, labels, n_examples, outputs, rows, lengths=None):
+        from fs_ray.data.encoding import decode_generation
+
+        return decode_generation(n_examples, outputs, rows)
+
+
 class NgramCorrector(Method):
     name = "ngram"
     summary = "the statistical correction floor: confusion sets + a character trigram LM, threshold tuned on dev"
@@ -308,5 +350,5 @@ class NgramCorrector(Method):
 
 METHODS: dict[str, Method] = {
     m.name: m
-    for m in (Head(), UniMC(), UniMCZero(), TfIdf(), Seq2Seq(), CausalGeneration(), Lead(), Copy(), NgramCorrector())
+    for m in (Head(), UniMC(), UniMCZero(), TfIdf(), Seq2Seq(), CausalGeneration(), Lead(), Copy(), NgramCorrector(), MLMCorrector())
 }

@@ -9,6 +9,7 @@ from pathlib import Path
 
 FILLER = "的一在了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行"
 CITIES = ["北京", "上海", "广州", "深圳"]
+PLAIN = "".join(c for c in FILLER if c not in "们门在再做作啊阿")
 
 
 def _filler(rng: random.Random, n: int) -> str:
@@ -80,6 +81,25 @@ def _write_tasks(root: Path, n_single: int = 96, single_splits: tuple[str, ...] 
     (root / "sep_gen").mkdir()
     (root / "sep_gen/title.tsv").write_text("\n".join(generation(160)) + "\n", encoding="utf-8")
 
+    def correction(n: int) -> list[dict]:
+        """SIGHAN's JSON layout; one character of a fixed set is miswritten as its confusion in 3 of 4
+        sentences (们->门, 在->再, 做->作, 啊->阿), so a model that learns anything fixes them."""
+        rng = random.Random(7)  # its own: the other tasks' data stay as they were
+        rows = []
+        wrong = {"们": "门", "在": "再", "做": "作", "啊": "阿"}
+        for i in range(n):
+            plain = "".join(rng.choice(PLAIN) for _ in range(6))  # never one of the confused characters
+            clean = rng.choice(["我们", "他们"]) + plain[:3] + "在" + rng.choice(CITIES) + "做" + plain[3:] + "啊"
+            noisy = list(clean)
+            if rng.random() < 0.75:
+                at = rng.choice([j for j, c in enumerate(clean) if c in wrong])
+                noisy[at] = wrong[clean[at]]
+            rows.append({"id": f"c{i}", "original_text": "".join(noisy), "correct_text": clean})
+        return rows
+
+    (root / "sep_corr").mkdir()
+    (root / "sep_corr/train.json").write_text(json.dumps(correction(160), ensure_ascii=False), encoding="utf-8")
+
     (root / "sep_tag").mkdir()
     (root / "sep_tag/train.tsv").write_text("\n".join(tagged(48)), encoding="utf-8")
     (root / "sep_tag/dev.tsv").write_text("\n".join(tagged(24)), encoding="utf-8")
@@ -97,4 +117,8 @@ SPECS = [
     "task_specs.sep_gen={shape: generation, path: sep_gen, format: tsv, columns: [prefix, text, target], "
     "text_fields: [text], label_field: target, splits: [full], train_file: title.tsv, dev_file: title.tsv, "
     "test_file: null, holdout: 40, holdout_seed: 1, prompt: '{text}。标题：', max_target_len: 8}",
+    # correction in SIGHAN's JSON-array layout
+    "task_specs.sep_corr={shape: correction, path: sep_corr, format: json, text_fields: [original_text], "
+    "label_field: correct_text, splits: [full], train_file: train.json, dev_file: train.json, test_file: null, "
+    "holdout: 40, holdout_seed: 1, max_target_len: 24}",
 ]

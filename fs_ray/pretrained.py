@@ -292,6 +292,9 @@ def load_model(path: str, auto_class: str, **kwargs: Any):
     transformers would misread (:attr:`ModelFolder.released_family`)."""
     import transformers
 
+    from fs_ray.models import register
+
+    register()  # fs_ray's own architectures (Zhouwenwang, Bigan) join the Auto classes first
     family = ModelFolder(path).released_family
     if family is not None:
         kwargs.pop("ignore_mismatched_sizes", None)
@@ -302,6 +305,10 @@ def load_model(path: str, auto_class: str, **kwargs: Any):
 def check_auto_class(folder: ModelFolder, auto_class: str, what: str) -> str | None:
     """Why ``auto_class`` cannot load this folder's architecture (None: it can)."""
     import transformers
+
+    from fs_ray.models import register
+
+    register()
 
     family = folder.released_family
     if family is not None:

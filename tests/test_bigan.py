@@ -49,6 +49,18 @@ def test_segment_memory_gives_the_full_context_logits():
     assert not torch.allclose(forgot, full[:, 5:], atol=1e-3)
 
 
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny(3).train()
+    ids = torch.randint(0, VOCAB, (2, 8))
+    model(ids, labels=ids, use_cache=False).loss.backward()
+    plain = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    assert model.transformer.gradient_checkpointing
+    model(ids, labels=ids, use_cache=False).loss.backward()
+    assert all(torch.allclose(p.grad, plain[k], atol=1e-6) for k, p in model.named_parameters() if k in plain)
+
+
 def test_cached_generation_and_left_padding_give_the_full_forward():
     from transformers.cache_utils import DynamicCache
 
@@ -151,6 +163,13 @@ def test_the_released_layout_loads_as_published_and_matches_fengshens_forward(tm
     for text in ("“凡是有成就的人，都很严肃地对待生命自己的”改写后是“", "今天 天气 很好 ABC 123"):
         assert tok.encode(text, add_special_tokens=False).ids == sp.encode(text)
     assert tok.token_to_id("<|endoftext|>") == len(sp) == special_ids(tok).eos
+    # the rewriting prompt's parts, put together, are FengShen's one-string encoding of it
+    from fs_ray.objectives.pretraining import continuation_ids, rewrite_ids
+
+    opening, middle, closing = rewrite_ids(tok)
+    noisy, clean = "今天天气很号", "今天天气很好"
+    ours = [*opening, *continuation_ids(tok, noisy), *middle, *continuation_ids(tok, clean), *closing]
+    assert ours == tok.encode(f"“{noisy}”改写后是“{clean}”", add_special_tokens=False).ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,5 +258,8 @@ def test_denoise_rows_are_quoted_rewrites_with_the_loss_on_the_clean_text_only()
         changed += noisy != clean
         assert (labels[n:] == -100).all() and (mask[n:] == 0).all()
     assert changed >= 2
+    short = {k: v[:, :12] for k, v in batches[0].items() if k != "sample_id"}
+    with pytest.raises(ValueError, match=r"denoise needs rows of at least \d+ tokens, got 12"):
+        objective.inputs(short, special, vocab, torch.Generator().manual_seed(0), ctx=ctx)
     with pytest.raises(ValueError, match="denoise needs its context"):
         objective.inputs(batches[0], special, vocab, torch.Generator().manual_seed(0))

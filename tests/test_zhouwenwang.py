@@ -59,6 +59,17 @@ def test_causal_mode_cannot_see_the_future_and_bidirectional_mode_can():
     assert torch.allclose(mixed[0], lm_a[0], atol=1e-5) and torch.allclose(mixed[1], mlm_a[0], atol=1e-5)
 
 
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny(zw.ZhouwenwangForMaskedLM).train()
+    ids = torch.randint(5, VOCAB, (2, 8))
+    model(ids, labels=ids).loss.backward()
+    plain = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(ids, labels=ids).loss.backward()
+    assert all(torch.allclose(p.grad, plain[k], atol=1e-6) for k, p in model.named_parameters() if k in plain)
+
+
 def test_rotary_positions_are_relative_so_left_padding_changes_nothing():
     model = tiny(zw.ZhouwenwangForCausalLM)
     ids = torch.randint(5, VOCAB, (1, 6))
@@ -163,8 +174,13 @@ def test_the_released_layout_is_recognised_and_matches_fengshens_published_forwa
     ids = torch.randint(5, VOCAB, (1, 7))
     mlm = load_model(folder, "AutoModelForMaskedLM")
     clm = load_model(folder, "AutoModelForCausalLM")
+    encoder = load_model(folder, "AutoModel")  # the bare encoder, its keys without the prefix
     with torch.no_grad():
         assert torch.allclose(mlm(ids).logits, reference_logits(state, cfg, ids, causal=False), atol=1e-5)
+        hidden = encoder(ids).last_hidden_state
+        assert torch.allclose(
+            hidden @ state["embeddings.word_embeddings.weight"].T, mlm(ids).logits, atol=1e-5
+        )
         assert torch.allclose(
             clm(ids, use_cache=False).logits, reference_logits(state, cfg, ids, causal=True), atol=1e-5
         )
@@ -221,6 +237,24 @@ print(type(AutoModel.from_pretrained({str(tmp_path / "export")!r})).__name__)
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("ZhouwenwangModel")
+    # the other order: transformers' model code first (as `from transformers import Trainer` does),
+    # then a Bigan and a Zhouwenwang export through fs_ray's loader and the Auto classes
+    from .released import bigan
+
+    bigan_folder = bigan(tmp_path / "bigan")
+    code = f"""
+import fs_ray
+from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+from fs_ray.pretrained import load_model
+print(type(AutoModelForMaskedLM.from_pretrained({str(tmp_path / "export")!r})).__name__)
+print(type(load_model({str(bigan_folder)!r}, "AutoModelForCausalLM")).__name__)
+"""
+    out = subprocess.run(
+        [sys.executable, "-W", "error::UserWarning", "-c", code], cwd=REPO, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ZhouwenwangForMaskedLM", "TransfoXLDenoiseForCausalLM"]
     light = subprocess.run(
         [
             sys.executable,
@@ -354,7 +388,7 @@ def test_unified_pretraining_resumes_after_a_killed_worker_exports_and_serves_bo
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert summary["metrics"]["step"] == 16 and records[-1]["step"] == 16
     for part in ("mlm_loss", "lm_loss"):
-        values = [r[part] for r in records if r[part] == r[part]]
+        values = [r[part] for r in records if r.get(part) is not None]
         assert len(values) >= 3 and values[-1] < values[0], f"{part} did not go down: {values}"
     export = summary["export"]
     info = json.loads((run / "export" / "fs_ray_export.json").read_text())

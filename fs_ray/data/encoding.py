@@ -361,8 +361,7 @@ def rewrite_layout(tokenizer) -> tuple[str, str, str]:
     parts = rewrite_ids(tokenizer)
     if parts is None:
         raise ValueError(f"the vocabulary cannot write the rewriting prompt {''.join(REWRITE)!r}")
-    curly = tuple(tuple(tokenizer.encode(p, add_special_tokens=False).ids) for p in REWRITE)
-    return REWRITE if parts == curly else REWRITE_ASCII
+    return REWRITE if parts[0] == tuple(tokenizer.encode(REWRITE[0], add_special_tokens=False).ids) else REWRITE_ASCII
 
 
 def _pad_to(ids: list[int], width: int, value: int) -> np.ndarray:
@@ -393,18 +392,23 @@ def encode_generation(
     tgt_len = spec.max_target_len
     rewrite = decoder and spec.shape == "correction"
     if rewrite:  # Bigan's layout, as the denoise objective pretrains it: “{text}”改写后是“{clean}” + end
-        opening, middle, closing = (enc.ids(p) for p in rewrite_layout(enc.tokenizer))
+        from fs_ray.objectives.pretraining import continuation_ids, rewrite_ids
+
+        opening, middle, closing = (list(p) for p in rewrite_ids(enc.tokenizer) or ((), (), ()))
+        if not opening:
+            raise ValueError(f"the vocabulary cannot write the rewriting prompt {''.join(rewrite_layout(enc.tokenizer))!r}")
     rows = []
     for row, ex in enumerate(examples):
         target = [*enc.ids(ex.label)[: tgt_len - 1], end] if labelled and ex.label else []
-        if rewrite:
-            target = [*enc.ids(ex.label)[: tgt_len - 1 - len(closing)], *closing, end] if labelled and ex.label else []
+        if rewrite:  # the texts inside the prompt as its one-string encoding has them
+            clean = continuation_ids(enc.tokenizer, ex.label) if labelled and ex.label else []
+            target = [*clean[: tgt_len - 1 - len(closing)], *closing, end] if clean else []
             room = enc.max_len - tgt_len - len(opening) - len(middle)
             if room < 8:
                 raise ValueError(
                     f"task.max_len {enc.max_len} leaves no room for the source after {tgt_len} target tokens"
                 )
-            source = [*opening, *enc.cut(enc.ids(ex.texts[0]), room), *middle]
+            source = [*opening, *enc.cut(continuation_ids(enc.tokenizer, ex.texts[0]), room), *middle]
             ids = source + (target if train else [])
             labels = [IGNORE] * len(source) + target if train else []
             item = {

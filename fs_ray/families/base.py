@@ -69,6 +69,10 @@ class Family:
         """``auto_class.from_config(config)``, finished the family's way (:attr:`after_build`)."""
         import transformers
 
+        from fs_ray.models import register
+
+        register()
+
         model = getattr(transformers, auto_class).from_config(config)
         return self.after_build(model) if self.after_build else model
 

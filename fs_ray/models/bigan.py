@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.utils.checkpoint
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
@@ -190,16 +191,23 @@ class GPT2Transformer(nn.Module):
         self.r_r_bias = nn.Parameter(torch.zeros(config.num_attention_heads, head))
         self.layers = nn.ModuleList([GPT2TransformerLayer(config, i) for i in range(config.num_layers)])
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.gradient_checkpointing = False
 
     def forward(self, hidden, visible, mems=None, cache=None):
         keys = visible.shape[-1]
         distances = self.embedding_dropout(self.position_embeddings(keys, hidden.dtype))
         hidden = self.embedding_dropout(hidden)
         inputs = [hidden.detach()]
+        checkpoint = self.gradient_checkpointing and self.training and not mems and cache is None
         for i, layer in enumerate(self.layers):
-            hidden = layer(
-                hidden, visible, distances, self.r_w_bias, self.r_r_bias, mems[i] if mems else None, cache
-            )
+            if checkpoint:  # activation checkpointing: recompute each layer in the backward pass
+                hidden = torch.utils.checkpoint.checkpoint(
+                    layer, hidden, visible, distances, self.r_w_bias, self.r_r_bias, use_reentrant=False
+                )
+            else:
+                hidden = layer(
+                    hidden, visible, distances, self.r_w_bias, self.r_r_bias, mems[i] if mems else None, cache
+                )
             inputs.append(hidden.detach())
         return self.final_layernorm(hidden), self._update(inputs, mems)
 
@@ -214,6 +222,7 @@ class GPT2Transformer(nn.Module):
 class TransfoXLDenoisePreTrainedModel(PreTrainedModel):
     config_class = TransfoXLDenoiseConfig
     base_model_prefix = "transfo_xl_denoise"  # FengShen's; the model is its own base
+    supports_gradient_checkpointing = True
     _no_split_modules: ClassVar[list[str]] = ["GPT2TransformerLayer"]
     _tied_weights_keys: ClassVar[dict[str, str]] = {}
 

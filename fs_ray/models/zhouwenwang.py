@@ -35,6 +35,7 @@ import math
 from typing import Any, ClassVar
 
 import torch
+import torch.utils.checkpoint
 from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
@@ -274,10 +275,6 @@ class ZhouwenwangPreTrainedModel(PreTrainedModel):
     _no_split_modules: ClassVar[list[str]] = ["ZhouwenwangLayer"]
     _supports_sdpa = True
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
-        for module in self.modules():
-            if isinstance(module, ZhouwenwangEncoder):
-                module.gradient_checkpointing = enable
 
 
 def _mode(causal, batch: int, device) -> torch.Tensor:
@@ -657,10 +654,13 @@ def released_layout(folder: str) -> bool:
     weights = _weights_file(folder)
     if weights is None or not os.path.isfile(path):
         return False
-    with open(path, encoding="utf-8") as f:
-        if json.load(f).get("model_type") == MODEL_TYPE:
-            return False  # an fs_ray export: transformers loads it as it is
-    return is_fengshen_layout(_state(weights, keys_only=True))
+    try:
+        with open(path, encoding="utf-8") as f:
+            if json.load(f).get("model_type") == MODEL_TYPE:
+                return False  # an fs_ray export: transformers loads it as it is
+        return is_fengshen_layout(_state(weights, keys_only=True))
+    except Exception:  # unreadable here (e.g. a legacy non-zip .bin): not for this check to decide
+        return False
 
 
 def load_released(folder: str, auto_class: str, **config_kwargs: Any):
@@ -676,10 +676,12 @@ def load_released(folder: str, auto_class: str, **config_kwargs: Any):
         setattr(config, key, value)
     model = AUTO_CLASSES[auto_class](config)
     state = from_fengshen(_state(_weights_file(folder)))
+    if auto_class == "AutoModel":  # the encoder itself: its keys carry no prefix
+        state = {k.removeprefix(PREFIX): v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
     head_only = ("classifier.", "cls.decoder.weight")
     missing = [k for k in result.missing_keys if not k.startswith(head_only)]
-    unexpected = [k for k in result.unexpected_keys if not k.startswith("bert.pooler.")]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(("bert.pooler.", "pooler."))]
     if missing or unexpected:
         raise ValueError(
             f"{folder}: not a Zhouwenwang layout this shape can load (missing {missing[:5]}, unexpected {unexpected[:5]})"

@@ -58,19 +58,21 @@ class UnifiedLoss(nn.Module):
         picked = (labels != IGNORE_INDEX) & ~causal[:, None]
         shifted = labels[:, 1:]
         next_picked = (shifted != IGNORE_INDEX) & causal[:, None]
-        nan = hidden.new_tensor(float("nan"), dtype=torch.float32)
-        total = hidden.new_zeros((), dtype=torch.float32)
-        mlm = lm = nan
-        if picked.any():
-            mlm = nn.functional.cross_entropy(self.model.cls(hidden[picked]).float(), labels[picked])
-            total = total + mlm
-        if next_picked.any():
-            lm = nn.functional.cross_entropy(self.model.cls(hidden[:, :-1][next_picked]).float(), shifted[next_picked])
-            total = total + lm
-        if not (picked.any() or next_picked.any()):
-            total = total + hidden.sum() * 0.0  # keeps every rank's graph the same shape
-        self.parts = {"mlm_loss": mlm.detach(), "lm_loss": lm.detach()}
-        return total
+        # one pass through the (tied) head whatever the rows are: under ZeRO-3 every rank must
+        # gather its parameters the same number of times
+        states = torch.cat([hidden[picked], hidden[:, :-1][next_picked]])
+        targets = torch.cat([labels[picked], shifted[next_picked]])
+        losses = nn.functional.cross_entropy(self.model.cls(states).float(), targets, reduction="none")
+        n_mlm = picked.sum()
+        is_mlm = torch.arange(len(losses), device=losses.device) < n_mlm
+        counts = torch.stack([n_mlm, len(losses) - n_mlm]).float()
+        sums = torch.stack([losses[is_mlm].sum(), losses[~is_mlm].sum()])
+        means = sums / counts.clamp(min=1)
+        self.parts = {
+            "mlm_loss": torch.where(counts[0] > 0, means[0], torch.nan).detach(),
+            "lm_loss": torch.where(counts[1] > 0, means[1], torch.nan).detach(),
+        }
+        return means.sum() + hidden.sum() * 0.0  # every rank's graph reaches every parameter
 
 
 class ModelLoss(nn.Module):

@@ -53,6 +53,10 @@ class Objective:
         calls it before any worker starts."""
         return None
 
+    def min_seq_len(self, ctx) -> int:
+        """The shortest packed row this objective can build an example from."""
+        return 1
+
     def inputs(
         self, batch: dict[str, Any], special: dict[str, Any], vocab_size: int, gen: Any, options=None, ctx=None
     ) -> dict[str, Any]:
@@ -295,12 +299,27 @@ REWRITE = ("“", "”改写后是“", "”")  # FengShen's Bigan prompt: “{n
 REWRITE_ASCII = ('"', '"改写后是"', '"')
 
 
+def continuation_ids(tokenizer, text: str) -> list[int]:
+    """``text``'s ids as they are inside a sentence: a SentencePiece tokenizer marks the start of
+    what it encodes (``▁``), which the middle of FengShen's prompt does not have; encoding after
+    an anchor character and dropping the anchor's ids gives the in-sentence pieces (a WordPiece
+    vocabulary gives the same ids either way)."""
+    anchor = tokenizer.encode("。", add_special_tokens=False).ids
+    full = tokenizer.encode("。" + text, add_special_tokens=False).ids
+    if anchor and full[: len(anchor)] == anchor:
+        return full[len(anchor) :]
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
 def rewrite_ids(tokenizer) -> tuple[tuple[int, ...], ...] | None:
-    """The rewriting prompt's three parts in ``tokenizer``'s ids: FengShen's curly quotes where the
-    vocabulary has them, else ASCII quotes; None when neither can be written without [UNK]."""
+    """The rewriting prompt's three parts in ``tokenizer``'s ids as FengShen's one-string encoding
+    of ``“{text}”改写后是“{clean}”`` has them (the first part starts the text, the others continue
+    it): curly quotes where the vocabulary has them, else ASCII quotes; None when neither can be
+    written without [UNK]."""
     unk = {tokenizer.token_to_id(t) for t in ("[UNK]", "<unk>")} - {None}
     for layout in (REWRITE, REWRITE_ASCII):
-        parts = tuple(tuple(tokenizer.encode(p, add_special_tokens=False).ids) for p in layout)
+        first = tuple(tokenizer.encode(layout[0], add_special_tokens=False).ids)
+        parts = (first, *(tuple(continuation_ids(tokenizer, p)) for p in layout[1:]))
         if all(p and not unk & set(p) for p in parts):
             return parts
     return None
@@ -340,6 +359,9 @@ class Denoise(Objective):
             raise ValueError(f"denoise: the vocabulary cannot write the rewriting prompt {''.join(REWRITE)!r}")
         return RewritePrompt(table, *parts)
 
+    def min_seq_len(self, ctx) -> int:
+        return len(ctx.open) + len(ctx.middle) + len(ctx.close) + 1 + 2 * 4  # a 4-token text, twice
+
     def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
         import numpy as np
         import torch
@@ -354,6 +376,8 @@ class Denoise(Objective):
         stop = doc_end(special)
         drop = {i for i in (special.get("cls"), special.get("pad")) if i is not None}
         width = batch["input_ids"].shape[1]
+        if width < self.min_seq_len(ctx):
+            raise ValueError(f"denoise needs rows of at least {self.min_seq_len(ctx)} tokens, got {width}")
         fixed = len(ctx.open) + len(ctx.middle) + len(ctx.close) + 1
         room = max(1, (width - fixed) // 2)
         pad = special.get("pad") if special.get("pad") is not None else end

@@ -37,7 +37,9 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     from transformers import AutoConfig
 
     from fs_ray.families import get_family
+    from fs_ray.models import register
 
+    register()  # fs_ray's own architectures must be known to AutoConfig
     state = layout.read_state(checkpoint_dir)
     config = AutoConfig.from_pretrained(os.path.join(checkpoint_dir, layout.HF_CONFIG_FILE))
     model = get_family(state["family"]).build(state["auto_class"], config)

@@ -103,11 +103,15 @@ class Progress:
     def add(self, loss: torch.Tensor, tokens: int, parts: dict[str, torch.Tensor] | None = None) -> None:
         self.losses.append(loss)
         self.tokens += tokens
-        for i, name in enumerate(self.part_names):
-            value = float((parts or {}).get(name, float("nan")))
-            if value == value:
-                self.part_sums[2 * i] += value
-                self.part_sums[2 * i + 1] += 1
+        for i, name in enumerate(self.part_names):  # on the loss's device: no host sync per step
+            value = (parts or {}).get(name)
+            if value is None:
+                continue
+            if self.part_sums.device != value.device:
+                self.part_sums = self.part_sums.to(value.device)
+            seen = ~torch.isnan(value)
+            self.part_sums[2 * i] += torch.where(seen, value.double(), 0.0)
+            self.part_sums[2 * i + 1] += seen.double()
 
     def line(self, step: int, lr: float) -> float:
         """Collective (all ranks call): the mean loss since the last line, printed by rank 0."""
@@ -136,13 +140,14 @@ class Progress:
                 f"tokens/s {tokens_per_s:,.0f}  ETA {eta:.0f}s",
                 flush=True,
             )
-            record = {"step": step, "loss": self.loss, **self.parts, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
+            parts_json = {k: (v if v == v else None) for k, v in self.parts.items()}  # NaN is not JSON: null
+            record = {"step": step, "loss": self.loss, **parts_json, "lr": lr, "tokens_per_s": round(tokens_per_s, 1)}
             if self.work.metrics_path:
                 with open(self.work.metrics_path, "a") as f:
                     f.write(json.dumps(record) + "\n")
             if self.writer:
                 for key in ("loss", *self.parts, "lr", "tokens_per_s"):
-                    if record[key] == record[key]:
+                    if record[key] is not None:
                         self.writer.add_scalar(f"train/{key}", record[key], step)
         self.losses, self.tokens, self.t_last = [], 0, now
         return self.loss

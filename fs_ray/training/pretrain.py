@@ -50,7 +50,11 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
     problem = objective.check(corpus.special_ids)
     if not problem:
         try:  # what the objective builds from the corpus's tokenizer (Bigan's confusion ids, prompt)
-            objective.context(tokenizer_from_json(storage.read_text(storage.join(prepared, manifest_format.TOKENIZER_FILE))))
+            tokenizer_json = storage.read_text(storage.join(prepared, manifest_format.TOKENIZER_FILE))
+            ctx = objective.context(tokenizer_from_json(tokenizer_json))
+            seq_len = int(corpus.manifest["seq_len"])
+            if seq_len < objective.min_seq_len(ctx):
+                problem = f"rows of {seq_len} tokens are too short (it needs {objective.min_seq_len(ctx)} or more)"
         except ValueError as err:
             problem = str(err)
     if problem:

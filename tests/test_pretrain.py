@@ -197,6 +197,7 @@ def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_p
         ("randeng-bart", "wwm", 1),
         ("randeng-pegasus", "pegasus", 2),
         ("zhouwenwang", "wwm", 2),
+        ("bigan", "wwm", 1),  # denoise: confusion-set noise rewritten, on the BERT-vocabulary corpus
     ],
 )
 def test_other_objectives_train_and_export(corpora, tmp_path, family, corpus, zero):
@@ -217,7 +218,9 @@ def test_other_objectives_train_and_export(corpora, tmp_path, family, corpus, ze
     )
     summary = pretrain(cfg)
     assert summary["metrics"]["step"] == 12
-    auto = {"wenzhong": AutoModelForCausalLM, "zhouwenwang": AutoModelForMaskedLM}.get(family, AutoModelForSeq2SeqLM)
+    auto = {"wenzhong": AutoModelForCausalLM, "zhouwenwang": AutoModelForMaskedLM, "bigan": AutoModelForCausalLM}.get(
+        family, AutoModelForSeq2SeqLM
+    )
     model = auto.from_pretrained(summary["export"])
     records = [json.loads(line) for line in (tmp_path / "runs" / family / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records]

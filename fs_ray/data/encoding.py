@@ -394,44 +394,30 @@ def encode_generation(
     if rewrite:  # Bigan's layout, as the denoise objective pretrains it: “{text}”改写后是“{clean}” + end
         from fs_ray.objectives.pretraining import continuation_ids, rewrite_ids
 
-        opening, middle, closing = (list(p) for p in rewrite_ids(enc.tokenizer) or ((), (), ()))
-        if not opening:
-            raise ValueError(f"the vocabulary cannot write the rewriting prompt {''.join(rewrite_layout(enc.tokenizer))!r}")
+        rewrite_layout(enc.tokenizer)  # refuses a vocabulary that cannot write the prompt
+        opening, middle, closing = (list(p) for p in rewrite_ids(enc.tokenizer))
+        room = enc.max_len - tgt_len - len(opening) - len(middle)
+    elif decoder:
+        room = enc.max_len - len(lead) - 1 - tgt_len  # evaluation generates into the same room
+    if decoder and room < 8:
+        raise ValueError(f"task.max_len {enc.max_len} leaves no room for the source after {tgt_len} target tokens")
     rows = []
     for row, ex in enumerate(examples):
         target = [*enc.ids(ex.label)[: tgt_len - 1], end] if labelled and ex.label else []
         if rewrite:  # the texts inside the prompt as its one-string encoding has them
             clean = continuation_ids(enc.tokenizer, ex.label) if labelled and ex.label else []
             target = [*clean[: tgt_len - 1 - len(closing)], *closing, end] if clean else []
-            room = enc.max_len - tgt_len - len(opening) - len(middle)
-            if room < 8:
-                raise ValueError(
-                    f"task.max_len {enc.max_len} leaves no room for the source after {tgt_len} target tokens"
-                )
             source = [*opening, *enc.cut(continuation_ids(enc.tokenizer, ex.texts[0]), room), *middle]
-            ids = source + (target if train else [])
-            labels = [IGNORE] * len(source) + target if train else []
-            item = {
-                "input_ids": _pad_to(ids, enc.max_len, pad),
-                "attention_mask": _pad_to([1] * len(ids), enc.max_len, 0),
-            }
-            if train:
-                item["labels"] = _pad_to(labels, enc.max_len, IGNORE)
         elif decoder:
-            room = enc.max_len - len(lead) - 1 - tgt_len  # evaluation generates into the same room
-            if room < 8:
-                raise ValueError(
-                    f"task.max_len {enc.max_len} leaves no room for the source after {tgt_len} target tokens"
-                )
             source = [*lead, *prompt_ids(enc, spec.prompt, ex.texts[0], room), end]
+        if decoder:  # one causal-LM row: source, then (training) the target with the loss on it
             ids = source + (target if train else [])
-            labels = [IGNORE] * len(source) + target if train else []
             item = {
                 "input_ids": _pad_to(ids, enc.max_len, pad),
                 "attention_mask": _pad_to([1] * len(ids), enc.max_len, 0),
             }
             if train:
-                item["labels"] = _pad_to(labels, enc.max_len, IGNORE)
+                item["labels"] = _pad_to([IGNORE] * len(source) + target, enc.max_len, IGNORE)
         else:
             source = [*lead, *prompt_ids(enc, spec.prompt, ex.texts[0], enc.max_len - len(lead) - 1), end]
             item = {

@@ -53,14 +53,20 @@ def register() -> None:
             _disarm()
 
 
-def _transformers_ready() -> bool:
-    """False while transformers' model base is half-imported (registering then would fail)."""
-    utils = sys.modules.get("transformers.modeling_utils")
-    return utils is None or hasattr(utils, "PreTrainedModel")
+def _loading(name: str) -> bool:
+    """Whether module ``name`` is imported but its body has not finished running yet."""
+    module = sys.modules.get(name)
+    return module is not None and bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
 
 
-def _try_register(last_chance: bool) -> None:
-    if _registered or not _transformers_ready():
+def _transformers_ready(just_run: str = "") -> bool:
+    """False while any watched transformers module (other than ``just_run``, whose body has just
+    finished) is half-imported: registering then would fail."""
+    return not any(_loading(m) for m in WATCHED if m != just_run)
+
+
+def _try_register(last_chance: bool, just_run: str = "") -> None:
+    if _registered or not _transformers_ready(just_run):
         return
     try:
         register()
@@ -90,7 +96,8 @@ class _RegisterAfterImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             run(module)
-            _try_register(last_chance=all(m in sys.modules for m in WATCHED))
+            complete = all(m in sys.modules and (m == name or not _loading(m)) for m in WATCHED)
+            _try_register(last_chance=complete, just_run=name)
 
         spec.loader.exec_module = exec_module
         return spec

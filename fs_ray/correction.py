@@ -90,3 +90,28 @@ def _aligned(source: str, output: str) -> list[tuple[int, str]]:
         elif op != "equal":
             pairs.append((i1, output[j1:j2]))
     return pairs
+
+
+def edits(source: str, output: str) -> list[dict[str, int | str]]:
+    """What a correction changed, as a client shows it: ``{position, original, corrected}`` per
+    edit, left to right, ``position`` a character offset into ``source``. Equal lengths (an MLM
+    corrector): one edit per changed character; otherwise the alignment's edits, a replaced span of
+    equal length split into characters, a deletion with ``corrected`` empty, an insertion with
+    ``original`` empty at the position it comes before."""
+    if len(source) == len(output):
+        return [
+            {"position": i, "original": a, "corrected": b}
+            for i, (a, b) in enumerate(zip(source, output, strict=True))
+            if a != b
+        ]
+    out: list[dict[str, int | str]] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, source, output, autojunk=False).get_opcodes():
+        if op == "replace" and i2 - i1 == j2 - j1:
+            out.extend(
+                {"position": i1 + k, "original": source[i1 + k], "corrected": output[j1 + k]}
+                for k in range(i2 - i1)
+                if source[i1 + k] != output[j1 + k]
+            )
+        elif op != "equal":
+            out.append({"position": i1, "original": source[i1:i2], "corrected": output[j1:j2]})
+    return out

@@ -624,7 +624,8 @@ class ServeModels(Section):
         None,
         description="A fine-tuned export (classifier, BIO tagger or generator), or a folder of them such as a "
         "fine-tuning run directory: each export is one model id (its path below this folder, '/' -> '-', "
-        "e.g. csl_title-seq2seq-split_full), multiplexed on one deployment (/v1/classify, /v1/ner, /v1/generate).",
+        "e.g. csl_title-seq2seq-split_full), multiplexed on one deployment (/v1/classify, /v1/ner, /v1/generate, "
+        "/v1/correct).",
     )
     default_task_model: str | None = Field(
         None, description="Model id used when a request names none (default: the first id, sorted)."
@@ -633,6 +634,11 @@ class ServeModels(Section):
         None,
         description="A pretrained causal LM (Wenzhong/Yuyuan GPT2) or seq2seq (Randeng T5/BART/Pegasus) folder: "
         "/v1/generate when a request names no fine-tuned generator.",
+    )
+    correct: str | None = Field(
+        None,
+        description="A Bigan folder (pretrained with the denoise objective, or released): /v1/correct when a "
+        "request names no fine-tuned corrector (MLM-corrector and Bigan correction exports are in models.tasks).",
     )
 
 
@@ -723,8 +729,8 @@ class ServeConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
         m = self.models
-        if not (m.fill_mask or m.tasks or m.generate):
-            raise ValueError("models: give at least one of fill_mask, tasks, generate")
+        if not (m.fill_mask or m.tasks or m.generate or m.correct):
+            raise ValueError("models: give at least one of fill_mask, tasks, generate, correct")
         if self.batching.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(
                 f"batching.max_ongoing_requests ({self.batching.max_ongoing_requests}) must be >= "

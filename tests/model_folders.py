@@ -116,3 +116,28 @@ def unimc_folder(out: Path, labels: list[str], verbalizer: dict[str, str], quest
             "question": question, "max_len": 64, "truncation": "head", "trained_on": "tests"}
     (out / "fs_ray_task.json").write_text(json.dumps(card, ensure_ascii=False, indent=2), encoding="utf-8")
     return out
+
+
+def bigan_folder(out: Path, seed: int = 0) -> Path:
+    """A Bigan (Transformer-XL) export as pretraining writes it: it corrects by rewriting."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer("bert-chinese")
+    torch.manual_seed(seed)
+    return _save(AutoModelForCausalLM.from_config(_config("bigan", "tiny", tok)), tok, out)
+
+
+def corrector_folder(out: Path, method: str = "mlm_correct", seed: int = 0, max_len: int = 48) -> Path:
+    """A correction export as fine-tuning writes it: an Erlangshen MLM corrector (``mlm_correct``)
+    or a Bigan rewriter (``clm``), with its correction task card."""
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    from fs_ray.generation import DECODING
+
+    tok = load_tokenizer("bert-chinese")
+    torch.manual_seed(seed)
+    family, auto = ("erlangshen", AutoModelForMaskedLM) if method == "mlm_correct" else ("bigan", AutoModelForCausalLM)
+    card = {"task": "sighan15", "method": method, "shape": "correction", "labels": [], "verbalizer": {},
+            "question": "", "max_len": max_len, "truncation": "head", "prompt": "", "max_target_len": 20,
+            "decoding": dict(DECODING), "trained_on": "tests"}  # fmt: skip
+    return _save(auto.from_config(_config(family, "tiny", tok)), tok, out, card)

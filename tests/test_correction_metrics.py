@@ -56,3 +56,18 @@ def test_outputs_of_another_length_are_aligned():
     assert s["char_correct_recall"] == 1.0
     with pytest.raises(ValueError, match="2 sources, 1 targets, 2 outputs"):
         correction_scores(["a", "b"], ["a"], ["a", "b"])
+
+
+def test_edits_name_each_change_by_its_position_in_the_source():
+    from fs_ray.correction import edits
+
+    assert edits("我们去公园完", "我们去公园玩") == [{"position": 5, "original": "完", "corrected": "玩"}]
+    assert edits("天气很好", "天气很好") == []
+    # lengths differ: the alignment's edits; a deletion and an insertion
+    assert edits("我们们去公园", "我们去公园") == [{"position": 1, "original": "们", "corrected": ""}]  # either 们
+    assert edits("我去公园", "我们去公园") == [{"position": 1, "original": "", "corrected": "们"}]
+    # an equal-length replaced span inside a rewrite is split into characters, unchanged ones left out
+    assert edits("他的成积很好啊", "他的成绩很好") == [
+        {"position": 3, "original": "积", "corrected": "绩"},
+        {"position": 6, "original": "啊", "corrected": ""},
+    ]

@@ -55,6 +55,11 @@ def test_correction_fine_tuning_fixes_a_separable_task_above_the_floors(
         assert len(framed) >= 36, [p["pred"] for p in preds[:5]]
     card = json.loads((out / "export" / "fs_ray_task.json").read_text(encoding="utf-8"))
     assert (card["shape"], card["method"]) == ("correction", method)
+    # the export corrects as /v1/correct runs it, with the evaluation's outputs
+    from fs_ray.serving.inference import Corrector
+
+    served = Corrector(str(out / "export")).correct([p["gold"][0] for p in preds])
+    assert [s["text"] for s in served] == [p["pred"] for p in preds]
     assert "| sep_corr | copy | correct_f1 |" in (Path(result["run_dir"]) / "results.md").read_text(
         encoding="utf-8"
     )

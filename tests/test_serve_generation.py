@@ -1,7 +1,9 @@
 """Generation serving on a private local Ray cluster: fine-tuned generation exports through the
 multiplexed task deployment (batched prompts, the card's prompt and lengths), streaming over HTTP
 (server-sent events) and gRPC (server streaming) with tokens arriving before the end, a client
-that disconnects stopping the generation, and bad generation requests refused with 4xx."""
+that disconnects stopping the generation, and bad generation requests refused with 4xx. Correction
+(/v1/correct) is served by the same application: a pretrained Bigan (models.correct) and fine-tuned
+correctors (an MLM corrector, a Bigan rewriter) multiplexed with the other task models."""
 
 from __future__ import annotations
 
@@ -16,10 +18,10 @@ from fs_ray.config import load_config
 from fs_ray.protos import fs_ray_serve_pb2 as pb
 from fs_ray.protos import fs_ray_serve_pb2_grpc as pb_grpc
 from fs_ray.run_configs import ServeConfig
-from fs_ray.serving.inference import Generator
+from fs_ray.serving.inference import Corrector, Generator
 
 from .conftest import free_port
-from .model_folders import classifier_folder, generation_folder, gpt2_folder
+from .model_folders import bigan_folder, classifier_folder, corrector_folder, generation_folder, gpt2_folder
 
 PROMPT = "今天天气很好"
 LIMIT = 2000  # limits.max_new_tokens: a stream nobody stops runs about 30 s on one thread
@@ -35,6 +37,9 @@ def folders(tmp_path_factory):
         "tasks": tasks,
         "title": generation_folder(tasks / "title"),
         "senti": classifier_folder(tasks / "senti", ["负面", "正面"], task="chnsenticorp"),
+        "fix": corrector_folder(tasks / "fix", "mlm_correct", max_len=16),  # long texts go in pieces
+        "rewrite": corrector_folder(tasks / "rewrite", "clm"),
+        "bigan": bigan_folder(root / "bigan-denoise"),
     }
 
 
@@ -50,6 +55,7 @@ def server(ray_local, folders):
         "replicas.num_cpus=0", "replicas.gateway_cpus=0", "replicas.torch_threads=1",
         "replicas.min_replicas=1", "replicas.max_replicas=1", "replicas.max_task_models=2",
         f"models.generate={folders['slow']}", f"models.tasks={folders['tasks']}", "models.default_task_model=senti",
+        f"models.correct={folders['bigan']}",
         f"limits.max_new_tokens={LIMIT}", "limits.max_beams=3",
     ])  # fmt: skip
     start_serve(cfg)
@@ -212,3 +218,64 @@ def test_the_web_page_streams_generated_text_into_the_result(server):
     assert shown == whole
     growing = [r for r in renders if r and whole.startswith(r)]
     assert len(set(growing)) >= 5, renders  # piece by piece, not all at once
+
+
+# ---- correction ---------------------------------------------------------------------------------
+WRONG = ["我们今天去公园完，天气很好，大家都很高心。", "他的成积很好"]
+
+
+def correct(server, body, **kw):
+    return requests.post(f"{server['url']}/v1/correct", json=body, timeout=120, **kw)
+
+
+def test_correctors_are_served_as_they_run_in_process_with_their_changes(server, folders):
+    from fs_ray.correction import edits
+
+    for model_id in ("fix", "rewrite"):
+        r = correct(server, {"text": WRONG, "model": model_id})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"model": model_id, "results": Corrector(str(folders[model_id])).correct(WRONG)}
+    # the MLM corrector reads 14 characters at a time (max_len 16): a longer text is corrected in
+    # pieces and comes back whole, one output character per input character
+    (fixed,) = correct(server, {"text": WRONG[0], "model": "fix"}).json()["results"]
+    assert len(fixed["text"]) == len(WRONG[0]) > 14
+    assert fixed["changes"] == edits(WRONG[0], fixed["text"])
+    assert [c["original"] for c in fixed["changes"]] == [WRONG[0][c["position"]] for c in fixed["changes"]]
+    # no model named: the pretrained Bigan of models.correct; the multiplexing header picks a task model
+    plain = correct(server, {"text": WRONG[1]}).json()
+    assert plain["model"] == "bigan-denoise"
+    assert plain["results"] == Corrector(str(folders["bigan"])).correct(WRONG[1:])
+    header = correct(server, {"text": WRONG[1]}, headers={"serve_multiplexed_model_id": "fix"}).json()
+    assert header["model"] == "fix"
+    listed = {m["id"]: m["kind"] for m in requests.get(f"{server['url']}/v1/models", timeout=30).json()["models"]}
+    assert listed["fix"] == listed["rewrite"] == listed["bigan-denoise"] == "corrector"
+    # gRPC: the same answers
+    reply = server["stub"].Correct(pb.CorrectRequest(texts=WRONG, model="fix"), metadata=server["app"])
+    http = correct(server, {"text": WRONG, "model": "fix"}).json()
+    assert reply.model == "fix"
+    assert [r.text for r in reply.results] == [r["text"] for r in http["results"]]
+    assert [[(c.position, c.original, c.corrected) for c in r.changes] for r in reply.results] == [
+        [(c["position"], c["original"], c["corrected"]) for c in r["changes"]] for r in http["results"]
+    ]
+    with pytest.raises(grpc.RpcError) as err:
+        server["stub"].Correct(pb.CorrectRequest(texts=WRONG, model="title"), metadata=server["app"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "/v1/generate" in err.value.details()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"text": ""}, 422, "text"),
+        ({"text": ["好", " "]}, 422, "text[1]"),
+        ({"text": [1, 2]}, 422, "text"),
+        ({"text": "好" * 513}, 413, "text"),
+        ({"text": ["好"] * 65}, 413, "text"),
+        ({"text": "好", "model": "nope"}, 404, "model"),
+        ({"text": "好", "model": "senti"}, 422, "model"),  # a classifier does not correct
+        ({"model": "fix"}, 422, "text"),
+    ],
+)
+def test_bad_correction_requests_are_refused_naming_the_field(server, body, status, field):
+    r = correct(server, body)
+    assert r.status_code == status, r.text
+    assert field in r.json()["field"] and r.json()["field"] in r.json()["error"]

@@ -309,31 +309,33 @@ def _char_id(enc: Encoder, char: str) -> int:
     return ids[0] if len(ids) == 1 else enc.unk
 
 
-def encode_mlm_correction(split: TaskSplit, examples: list[Example], enc: Encoder, labelled: bool) -> list[dict]:
-    """MLM-corrector rows: ``[CLS]`` + one token per source character + ``[SEP]``; labels are the
-    target's characters at every position (the model learns to copy as well as to fix), none for a
-    pair whose lengths differ (this method rewrites in place); ``chars`` keeps each position's
-    source character (its code point) for decoding."""
+def mlm_correction_row(enc: Encoder, source: str, target: str | None = None) -> dict[str, np.ndarray]:
+    """One MLM-corrector row: ``[CLS]`` + one token per source character (the first
+    ``max_len - 2``) + ``[SEP]``; labels are the target's characters at every position (the model
+    learns to copy as well as to fix), none without a target or when its length differs (this method
+    rewrites in place); ``chars`` keeps each position's source character (its code point) for
+    :func:`corrected_text`. Fine-tuning and serving build rows here."""
     if enc.cls is None or enc.sep is None:
         raise ValueError("the MLM corrector needs a BERT-style vocabulary with [CLS] and [SEP]")
-    rows = []
-    for row, ex in enumerate(examples):
-        chars = list(ex.texts[0])[: enc.max_len - 2]
-        ids = [enc.cls, *(_char_id(enc, c) for c in chars), enc.sep]
-        labels = [IGNORE] * len(ids)
-        target = ex.label or ""
-        if labelled and len(target) == len(ex.texts[0]):
-            labels = [IGNORE, *(_char_id(enc, c) for c in target[: len(chars)]), IGNORE]
-        rows.append(
-            {
-                "input_ids": _pad_to(ids, enc.max_len, enc.pad),
-                "attention_mask": _pad_to([1] * len(ids), enc.max_len, 0),
-                "labels": _pad_to(labels, enc.max_len, IGNORE),
-                "chars": _pad_to([0, *(ord(c) for c in chars), 0], enc.max_len, 0),
-                "row": np.int64(row),
-            }
-        )
-    return rows
+    chars = list(source)[: enc.max_len - 2]
+    ids = [enc.cls, *(_char_id(enc, c) for c in chars), enc.sep]
+    labels = [IGNORE] * len(ids)
+    if target is not None and len(target) == len(source):
+        labels = [IGNORE, *(_char_id(enc, c) for c in target[: len(chars)]), IGNORE]
+    return {
+        "input_ids": _pad_to(ids, enc.max_len, enc.pad),
+        "attention_mask": _pad_to([1] * len(ids), enc.max_len, 0),
+        "labels": _pad_to(labels, enc.max_len, IGNORE),
+        "chars": _pad_to([0, *(ord(c) for c in chars), 0], enc.max_len, 0),
+    }
+
+
+def encode_mlm_correction(split: TaskSplit, examples: list[Example], enc: Encoder, labelled: bool) -> list[dict]:
+    """MLM-corrector rows (:func:`mlm_correction_row`), each with its example's ``row``."""
+    return [
+        {**mlm_correction_row(enc, ex.texts[0], (ex.label or "") if labelled else None), "row": np.int64(row)}
+        for row, ex in enumerate(examples)
+    ]
 
 
 def _cjk(text: str) -> bool:
@@ -362,6 +364,18 @@ def rewrite_layout(tokenizer) -> tuple[str, str, str]:
     if parts is None:
         raise ValueError(f"the vocabulary cannot write the rewriting prompt {''.join(REWRITE)!r}")
     return REWRITE if parts[0] == tuple(tokenizer.encode(REWRITE[0], add_special_tokens=False).ids) else REWRITE_ASCII
+
+
+def rewrite_source(enc: Encoder, text: str, room: int) -> list[int]:
+    """Bigan's prompt ``“{text}”改写后是“`` in ids, ``text`` cut to ``room`` tokens, as FengShen's
+    one-string encoding has it (fine-tuning rows and serving alike)."""
+    from fs_ray.objectives.pretraining import continuation_ids, rewrite_ids
+
+    parts = rewrite_ids(enc.tokenizer)
+    if parts is None:
+        raise ValueError("the vocabulary cannot write the rewriting prompt “{text}”改写后是“")
+    opening, middle, _ = parts
+    return [*opening, *enc.cut(continuation_ids(enc.tokenizer, text), room), *middle]
 
 
 def _pad_to(ids: list[int], width: int, value: int) -> np.ndarray:
@@ -407,7 +421,7 @@ def encode_generation(
         if rewrite:  # the texts inside the prompt as its one-string encoding has them
             clean = continuation_ids(enc.tokenizer, ex.label) if labelled and ex.label else []
             target = [*clean[: tgt_len - 1 - len(closing)], *closing, end] if clean else []
-            source = [*opening, *enc.cut(continuation_ids(enc.tokenizer, ex.texts[0]), room), *middle]
+            source = rewrite_source(enc, ex.texts[0], room)
         elif decoder:
             source = [*lead, *prompt_ids(enc, spec.prompt, ex.texts[0], room), end]
         if decoder:  # one causal-LM row: source, then (training) the target with the loss on it

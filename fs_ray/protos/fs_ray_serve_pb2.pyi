@@ -166,6 +166,40 @@ class GenerateChunk(_message.Message):
     tokens: int
     def __init__(self, model: _Optional[str] = ..., text: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
 
+class CorrectRequest(_message.Message):
+    __slots__ = ("texts", "model")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    model: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., model: _Optional[str] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("position", "original", "corrected")
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    CORRECTED_FIELD_NUMBER: _ClassVar[int]
+    position: int
+    original: str
+    corrected: str
+    def __init__(self, position: _Optional[int] = ..., original: _Optional[str] = ..., corrected: _Optional[str] = ...) -> None: ...
+
+class CorrectResult(_message.Message):
+    __slots__ = ("text", "changes")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, text: _Optional[str] = ..., changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
+class CorrectReply(_message.Message):
+    __slots__ = ("model", "results")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    results: _containers.RepeatedCompositeFieldContainer[CorrectResult]
+    def __init__(self, model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[CorrectResult, _Mapping]]] = ...) -> None: ...
+
 class ModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

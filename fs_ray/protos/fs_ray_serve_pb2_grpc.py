@@ -64,6 +64,11 @@ class FsRayStub:
                 request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.Correct = channel.unary_unary(
+                '/fs_ray.serve.v1.FsRay/Correct',
+                request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectRequest.SerializeToString,
+                response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectReply.FromString,
+                _registered_method=True)
         self.Models = channel.unary_unary(
                 '/fs_ray.serve.v1.FsRay/Models',
                 request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ModelsRequest.SerializeToString,
@@ -117,6 +122,14 @@ class FsRayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Correct(self, request, context):
+        """Chinese spelling correction: each text corrected, with its changes by character offset (an
+        MLM-corrector or Bigan export in models.tasks by `model`, else models.correct).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Models(self, request, context):
         """Which models this application serves and their state.
         """
@@ -156,6 +169,11 @@ def add_FsRayServicer_to_server(servicer, server):
                     servicer.GenerateStream,
                     request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.FromString,
                     response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateChunk.SerializeToString,
+            ),
+            'Correct': grpc.unary_unary_rpc_method_handler(
+                    servicer.Correct,
+                    request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectRequest.FromString,
+                    response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectReply.SerializeToString,
             ),
             'Models': grpc.unary_unary_rpc_method_handler(
                     servicer.Models,
@@ -325,6 +343,33 @@ class FsRay:
             '/fs_ray.serve.v1.FsRay/GenerateStream',
             fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateRequest.SerializeToString,
             fs__ray_dot_protos_dot_fs__ray__serve__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Correct(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs_ray.serve.v1.FsRay/Correct',
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectRequest.SerializeToString,
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,7 +90,8 @@ def _kind(folder: str) -> str:
 def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
     """Model id -> {folder, kind, task, labels, shape} for a fine-tuned export or a tree of them
     (a folder of exports, or a fine-tuning run directory: ``<task>/<method>/split_<k>/export``):
-    classifiers, taggers and fine-tuned generators (kind ``generator``, shape ``generation``)."""
+    classifiers, taggers, fine-tuned generators (kind ``generator``, shape ``generation``) and
+    correctors (kind ``corrector``, shape ``correction``: MLM correctors and Bigan rewriters)."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"models.tasks: {path} is not a folder")
@@ -112,7 +113,9 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
     for model_id, folder in sorted(found.items()):
         kind = _kind(folder)
         card = read_task_card(folder) or {}
-        if kind in ("clm", "seq2seq") and card.get("shape") == "generation":
+        if card.get("shape") == "correction" and (card.get("method") == "mlm_correct" or kind == "clm"):
+            kind = "corrector"  # fine-tuned for a correction task: served by /v1/correct
+        elif kind in ("clm", "seq2seq") and card.get("shape") == "generation":
             kind = "generator"  # fine-tuned for a generation task: served by /v1/generate
         elif kind not in ("classifier", "tagger"):
             continue  # e.g. a pretraining export next to fine-tuned ones
@@ -128,7 +131,9 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
             "labels": [str(x) for x in labels],
         }
     if not models:
-        raise FileNotFoundError(f"models.tasks: no fine-tuned classifier, tagger or generator folder under {path}")
+        raise FileNotFoundError(
+            f"models.tasks: no fine-tuned classifier, tagger, generator or corrector folder under {path}"
+        )
     return models
 
 
@@ -247,10 +252,10 @@ def task_models_deployment(cfg: ServeConfig):
 
         @serve.multiplexed(max_num_models_per_replica=cfg.replicas.max_task_models)
         async def get_model(self, model_id: str) -> _Loaded:
-            from fs_ray.serving.inference import Generator, TaskModel
+            from fs_ray.serving.inference import Corrector, Generator, TaskModel
 
             info = self.registry[model_id]  # the gateway only sends known ids
-            cls = Generator if info["kind"] == "generator" else TaskModel
+            cls = {"generator": Generator, "corrector": Corrector}.get(info["kind"], TaskModel)
             model = await asyncio.to_thread(cls, info["folder"])
             self.loads[model_id] += 1
             return _Loaded(model, lambda _name, mid=model_id: self._evicted(mid))
@@ -291,6 +296,14 @@ def task_models_deployment(cfg: ServeConfig):
             flat, sizes = _flatten(texts)
             self.batches[len(flat)] += 1
             return _unflatten(await asyncio.to_thread(_chunked, loaded.model.tag, b.max_forward_texts, flat), sizes)
+
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
+        async def correct(self, texts: list[list[str]]) -> list[list[Any]]:
+            loaded = await self.get_model(serve.get_multiplexed_model_id())
+            flat, sizes = _flatten(texts)
+            self.batches[len(flat)] += 1
+            fixed = await asyncio.to_thread(_chunked, loaded.model.correct, b.max_forward_texts, flat)
+            return _unflatten(fixed, sizes)
 
         async def generate(self, prompts: list[str], max_new_tokens: int, settings: dict[str, Any]) -> list[str]:
             loaded = await self.get_model(serve.get_multiplexed_model_id())
@@ -389,6 +402,33 @@ class GeneratorServer:
 
     async def defaults(self) -> dict[str, Any]:
         return {"max_new_tokens": self.model.default_new_tokens}
+
+
+def corrector_deployment(cfg: ServeConfig):
+    b = cfg.batching
+
+    @serve.deployment
+    class CorrectorServer:
+        """A pretrained or released Bigan correcting by rewriting (models.correct); requests batched."""
+
+        def __init__(self, folder: str, threads: int):
+            from fs_ray.serving.inference import Corrector
+
+            _device_setup(threads)
+            self.model = Corrector(folder)
+            self.batches: Counter[int] = Counter()
+
+        def info(self) -> dict[str, Any]:
+            return {"id": self.model.name, "kind": "corrector", "batch_sizes": dict(self.batches)}
+
+        @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
+        async def correct(self, texts: list[list[str]]) -> list[list[Any]]:
+            flat, sizes = _flatten(texts)
+            self.batches[len(flat)] += 1
+            fixed = await asyncio.to_thread(_chunked, self.model.correct, b.max_forward_texts, flat)
+            return _unflatten(fixed, sizes)
+
+    return CorrectorServer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -494,6 +534,27 @@ class GenerateResponse(BaseModel):
     texts: list[str]
 
 
+class CorrectRequest(BaseModel):
+    text: TextOrTexts = Field(description="A text, or several corrected as one batch.")
+    model: str | None = Field(None, description="A fine-tuned corrector's id; default: models.correct.")
+
+
+class Change(BaseModel):
+    position: int = Field(..., description="Character offset into the request's text.")
+    original: str = Field(..., description="The text there (empty: an insertion before position).")
+    corrected: str = Field(..., description="What the model writes instead (empty: a deletion).")
+
+
+class CorrectResult(BaseModel):
+    text: str = Field(..., description="The corrected text.")
+    changes: list[Change]
+
+
+class CorrectResponse(BaseModel):
+    model: str
+    results: list[CorrectResult]
+
+
 api = FastAPI(
     title="fs_ray",
     version="1",
@@ -559,9 +620,11 @@ class Gateway:
         generator: DeploymentHandle | None,
         registry: dict[str, dict[str, Any]],
         names: dict[str, str],
+        corrector: DeploymentHandle | None = None,
     ):
         self.cfg = ServeConfig.model_validate(cfg)
         self.fill_mask_h, self.tasks_h, self.generator_h = fill_mask, tasks, generator
+        self.corrector_h = corrector
         self.registry = registry
         self.names = names
         self.default_model = self.cfg.models.default_task_model or (sorted(registry)[0] if registry else None)
@@ -651,7 +714,7 @@ class Gateway:
             raise ServeError(404, "model", f"unknown model id {model_id!r} (known: {known})")
         if self.registry[model_id]["kind"] != kind:
             have = self.registry[model_id]["kind"]
-            route = {"classifier": "classify", "tagger": "ner", "generator": "generate"}[have]
+            route = {"classifier": "classify", "tagger": "ner", "generator": "generate", "corrector": "correct"}[have]
             raise ServeError(422, "model", f"{model_id} is a {have}; use /v1/{route}")
         return model_id
 
@@ -772,12 +835,31 @@ class Gateway:
         handle, model_id, prompts, n, settings = await self._generation(body, header, stream=True)
         return model_id, handle.options(stream=True).generate_stream.remote(prompts[0], n, settings)
 
+    async def _correct(self, text: Any, model: str | None, header: str | None) -> dict[str, Any]:
+        """A fine-tuned corrector when one is named (``model`` or the multiplexing header), else the
+        pretrained one (models.correct), else the default task model if it corrects."""
+        texts = self._texts(text)
+        named = model or header
+        if self.corrector_h is not None and named in (None, "", self.names.get("correct")):
+            result = await self.corrector_h.correct.remote(texts)
+            return {"model": self.names["correct"], "results": result}
+        if not named:
+            found = sorted(m for m, info in self.registry.items() if info["kind"] == "corrector")
+            if not found:
+                raise ServeError(404, "model", "this server has no corrector (models.correct is not set and "
+                                 "models.tasks holds no fine-tuned corrector)")  # fmt: skip
+            named = self.default_model if self.default_model in found else found[0]
+        model_id = self._task_model(named, None, "corrector")
+        return {"model": model_id, "results": await self._forward(("correct", model_id), texts, None)}
+
     async def _models(self) -> dict[str, Any]:
         models = []
         if self.fill_mask_h is not None:
             models.append({"id": self.names["fill_mask"], "kind": "mlm", "task": "fill-mask, zero-shot", "labels": []})
         if self.generator_h is not None:
             models.append({"id": self.names["generate"], "kind": "generator", "task": "generate", "labels": []})
+        if self.corrector_h is not None:
+            models.append({"id": self.names["correct"], "kind": "corrector", "task": "correct", "labels": []})
         for model_id, info in sorted(self.registry.items()):
             models.append(
                 {"id": model_id, "kind": info["kind"], "task": info["task"], "labels": info["labels"],
@@ -796,7 +878,8 @@ class Gateway:
 
     @api.get("/readyz", summary="Readiness: every model deployment answers.")
     async def readyz(self) -> JSONResponse:
-        checks = {"fill_mask": self.fill_mask_h, "tasks": self.tasks_h, "generate": self.generator_h}
+        checks = {"fill_mask": self.fill_mask_h, "tasks": self.tasks_h, "generate": self.generator_h,
+                  "correct": self.corrector_h}  # fmt: skip
         state: dict[str, Any] = {}
         ok = True
         for name, handle in checks.items():
@@ -832,6 +915,15 @@ class Gateway:
     async def ner(self, body: NerRequest, request: Request) -> dict[str, Any]:
         self._auth(request.headers.get("authorization"))
         return await self._ner(body.text, body.model, request.headers.get(MODEL_ID_HEADER))
+
+    @api.post(
+        "/v1/correct",
+        response_model=CorrectResponse,
+        summary="Correct Chinese spelling: the corrected text and each change with its character offset.",
+    )
+    async def correct(self, body: CorrectRequest, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._correct(body.text, body.model, request.headers.get(MODEL_ID_HEADER))
 
     @api.post(
         "/v1/generate",
@@ -921,6 +1013,19 @@ class Gateway:
             return {"model": out["model"], "results": results}
 
         return await self._grpc(grpc_context, pb.NerReply, call)
+
+    async def Correct(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(mid):
+            out = await self._correct(list(request.texts), request.model or None, mid)
+            results = [
+                pb.CorrectResult(text=r["text"], changes=[pb.Change(**c) for c in r["changes"]])
+                for r in out["results"]
+            ]
+            return {"model": out["model"], "results": results}
+
+        return await self._grpc(grpc_context, pb.CorrectReply, call)
 
     @staticmethod
     def _grpc_generate_body(request) -> GenerateRequest:
@@ -1020,7 +1125,7 @@ def build_app(cfg: ServeConfig):
     bad path fails before anything is deployed."""
     m = cfg.models
     threads = cfg.replicas.torch_threads
-    fill_mask = tasks = generator = None
+    fill_mask = tasks = generator = corrector = None
     names: dict[str, str] = {}
     registry: dict[str, dict[str, Any]] = {}
     if m.fill_mask:
@@ -1042,11 +1147,20 @@ def build_app(cfg: ServeConfig):
         _check_operation(folder, "generate", "generate")
         names["generate"] = model_name(folder)
         generator = GeneratorServer.options(**_deployment_options(cfg, "Generator")).bind(folder, threads)
+    if m.correct:
+        folder = _folder(m.correct, "correct")
+        _check_operation(folder, "correct", "correct")
+        from fs_ray.pretrained import ModelFolder
+
+        if ModelFolder(folder).family is None:  # an architecture fs_ray has no family for
+            raise ValueError(f"models.correct: {m.correct} is a {_kind(folder)} model, not a Bigan rewriter")
+        names["correct"] = model_name(folder)
+        corrector = corrector_deployment(cfg).options(**_deployment_options(cfg, "Corrector")).bind(folder, threads)
     gateway = Gateway.options(
         ray_actor_options={"num_cpus": cfg.replicas.gateway_cpus},
         max_ongoing_requests=max(256, cfg.batching.max_ongoing_requests * 4),
     )
-    return gateway.bind(cfg.model_dump(mode="json"), fill_mask, tasks, generator, registry, names)
+    return gateway.bind(cfg.model_dump(mode="json"), fill_mask, tasks, generator, registry, names, corrector)
 
 
 def start_serve(cfg: ServeConfig) -> None:

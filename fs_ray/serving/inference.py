@@ -9,6 +9,7 @@ on lists of inputs so a caller (``@serve.batch``) can hand it a whole batch at o
 - :class:`TaskModel` — a fine-tuned classifier or BIO tagger (``fs_ray_task.json`` says which,
   with its labels, max_len and truncation, so serving encodes inputs as training did).
 - :class:`Generator` — a causal LM (Wenzhong/Yuyuan GPT2) or seq2seq model (Randeng T5).
+- :class:`Corrector` — spelling correction by an MLM-corrector export or a Bigan rewriter.
 
 Bad input raises :class:`InputError` naming the field; the Serve layer turns it into a 4xx.
 """
@@ -121,6 +122,7 @@ def _stack_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, torch.Tensor]:
     return {
         k: torch.from_numpy(np.stack([r[k] for r in rows])[:, :longest].copy())
         for k in ("input_ids", "attention_mask", "token_type_ids")
+        if k in rows[0]
     }
 
 
@@ -515,3 +517,116 @@ class Generator(_Base):
                 yield text[len(shown) :], len(tokens)
         finally:
             cancelled.set()  # the consumer left early: stop at the next token
+
+
+class Corrector(_Base):
+    """Chinese spelling correction: text in, corrected text and its edits out.
+
+    Two kinds of model correct, each as it was trained:
+
+    - an MLM-corrector export (``fs_ray_task.json``: shape ``correction``, method ``mlm_correct``):
+      one row per text as fine-tuning builds it (:func:`fs_ray.data.encoding.mlm_correction_row`), the
+      MLM head's best character at every Chinese position;
+    - a rewriter: a Bigan export (pretrained with ``denoise``, released, or fine-tuned with ``clm`` on
+      a correction task) prompted ``“{text}”改写后是“`` and decoded (greedy, or the card's decoding)
+      until its closing quote or end token.
+
+    A text longer than one model input is corrected piece by piece (pieces of whole characters) and
+    joined, so nothing is cut off. ``model``: already loaded weights to share (a replica that also
+    generates with the same folder)."""
+
+    def __init__(self, folder: str, max_len: int = 512, model=None):
+        from fs_ray.data.tokenization import special_ids
+        from fs_ray.families.base import doc_end
+        from fs_ray.pretrained import ModelFolder
+
+        self.config = read_config(folder)
+        card = read_task_card(folder) or {}
+        self.card = card if card.get("shape") == "correction" else None
+        super().__init__(folder, int((self.card or {}).get("max_len") or max_len))
+        family = ModelFolder(folder).family
+        if self.card and self.card.get("method") == "mlm_correct":
+            self.mode, auto = "mlm", "AutoModelForMaskedLM"
+        elif (self.card and generation_kind(folder) == "clm") or (
+            not self.card and family is not None and "correct" in family.operations
+        ):
+            self.mode, auto = "rewrite", "AutoModelForCausalLM"
+        else:
+            what = f"a {self.card.get('method')} correction export" if self.card else f"a {model_kind(folder)} model"
+            raise ValueError(
+                f"{folder}: {what} does not correct text (an MLM-corrector or Bigan rewriting export does)"
+            )
+        self._load_tokenizer()
+        self.enc = Encoder(self.tokenizer, self.max_len, "head")
+        self.device = device()
+        self.model = model if model is not None else load_model(folder, auto).eval().to(self.device)
+        special = special_ids(self.tokenizer).as_dict()
+        if self.mode == "rewrite":
+            from fs_ray.data.encoding import rewrite_layout
+            from fs_ray.objectives.pretraining import rewrite_ids
+
+            self.close = rewrite_layout(self.tokenizer)[2]  # refuses a vocabulary without the prompt
+            opening, middle, closing = rewrite_ids(self.tokenizer)
+            # the end the model learnt: fine-tuning's document end, else the denoise objective's
+            end = doc_end(special) if self.card else special.get("eos")
+            self.eos = end if end is not None else doc_end(special)
+            if self.eos is None:
+                raise ValueError(f"{folder}: the vocabulary has no end token to stop a rewrite")
+            self.pad = special["pad"] if special.get("pad") is not None else self.eos
+            self.max_new = int((self.card or {}).get("max_target_len") or self.max_len // 2)
+            self.fixed = len(opening) + len(middle)
+            self.slack = len(closing) + 1 + 8  # a rewrite may insert a few characters
+            self.room = self.max_len - self.fixed - self.max_new
+            if self.room < 8:
+                raise ValueError(f"{folder}: max_len {self.max_len} leaves no room for a text to rewrite")
+            self.decoding = (self.card or {}).get("decoding") or {}
+            self._lock = _GENERATE_LOCK
+
+    @property
+    def task(self) -> str:
+        return (self.card or {}).get("task", "")
+
+    def _pieces(self, text: str) -> list[str]:
+        size = self.max_len - 2 if self.mode == "mlm" else min(self.room, self.max_new - self.slack)
+        return [text[i : i + size] for i in range(0, len(text), max(1, size))]
+
+    @torch.no_grad()
+    def _mlm(self, texts: list[str]) -> list[str]:
+        from fs_ray.data.encoding import corrected_text, mlm_correction_row
+
+        rows = [mlm_correction_row(self.enc, t) for t in texts]
+        batch = _stack_rows(rows)
+        predicted = self.model(**_to(batch, self.device)).logits.argmax(-1).cpu().numpy()
+        width = predicted.shape[1]  # rows trimmed to the longest text; past it there are no characters
+        return [corrected_text(self.tokenizer, r["chars"][:width], p) for r, p in zip(rows, predicted, strict=True)]
+
+    def _rewrite(self, texts: list[str]) -> list[str]:
+        from fs_ray.data.encoding import rewrite_source
+        from fs_ray.generation import decode_text, generate_ids
+
+        rows = [rewrite_source(self.enc, t, self.room) for t in texts]
+        # a fine-tuned rewriter decodes as its evaluation did; otherwise the longest text and a little
+        new = self.max_new if self.card else min(self.max_new, max(len(r) - self.fixed for r in rows) + self.slack)
+        width = max(map(len, rows))
+        ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
+        with self._lock:
+            out = generate_ids(
+                self.model, ids, mask, decoder=True, max_new_tokens=new, settings=self.decoding,
+                eos=self.eos, pad=self.pad, forced_bos_token_id=None,
+            )  # fmt: skip
+        return [decode_text(self.tokenizer, seq).split(self.close, 1)[0] for seq in out]
+
+    def correct(self, texts: list[str]) -> list[dict[str, Any]]:
+        """``{"text": corrected, "changes": [{position, original, corrected}, ...]}`` per text."""
+        from fs_ray.correction import edits
+
+        pieces = [self._pieces(t) for t in texts]
+        flat = [p for ps in pieces for p in ps]
+        fixed = self._mlm(flat) if self.mode == "mlm" else self._rewrite(flat)
+        out, pos = [], 0
+        for text, ps in zip(texts, pieces, strict=True):
+            corrected = "".join(fixed[pos : pos + len(ps)])
+            pos += len(ps)
+            out.append({"text": corrected, "changes": edits(text, corrected)})
+        return out

@@ -92,13 +92,16 @@ def _aligned(source: str, output: str) -> list[tuple[int, str]]:
     return pairs
 
 
-def edits(source: str, output: str) -> list[dict[str, int | str]]:
+def edits(source: str, output: str, in_place: bool = False) -> list[dict[str, int | str]]:
     """What a correction changed, as a client shows it: ``{position, original, corrected}`` per
-    edit, left to right, ``position`` a character offset into ``source``. Equal lengths (an MLM
-    corrector): one edit per changed character; otherwise the alignment's edits, a replaced span of
-    equal length split into characters, a deletion with ``corrected`` empty, an insertion with
-    ``original`` empty at the position it comes before."""
-    if len(source) == len(output):
+    edit, left to right, ``position`` a character offset into ``source``. ``in_place`` (an MLM
+    corrector: one output character per input character): one edit per changed character.
+    Otherwise (a rewrite) the alignment's edits, a replaced span of equal length split into
+    characters, a deletion with ``corrected`` empty, an insertion with ``original`` empty at the
+    position it comes before."""
+    if in_place:
+        if len(source) != len(output):
+            raise ValueError(f"an in-place correction keeps the length: {len(source)} -> {len(output)} characters")
         return [
             {"position": i, "original": a, "corrected": b}
             for i, (a, b) in enumerate(zip(source, output, strict=True))

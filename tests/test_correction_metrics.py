@@ -66,6 +66,15 @@ def test_edits_name_each_change_by_its_position_in_the_source():
     # lengths differ: the alignment's edits; a deletion and an insertion
     assert edits("我们们去公园", "我们去公园") == [{"position": 1, "original": "们", "corrected": ""}]  # either 们
     assert edits("我去公园", "我们去公园") == [{"position": 1, "original": "", "corrected": "们"}]
+    assert edits("我去公园", "我去公园了") == [{"position": 4, "original": "", "corrected": "了"}]  # at the end
+    # a rewrite of the same length is aligned, not read position by position
+    assert edits("我去公园了", "我们去公园") == [
+        {"position": 1, "original": "", "corrected": "们"},
+        {"position": 4, "original": "了", "corrected": ""},
+    ]
+    assert len(edits("我去公园了", "我们去公园", in_place=True)) == 4  # an MLM corrector's reading
+    with pytest.raises(ValueError, match="keeps the length"):
+        edits("我去公园", "我们去公园", in_place=True)
     # an equal-length replaced span inside a rewrite is split into characters, unchanged ones left out
     assert edits("他的成积很好啊", "他的成绩很好") == [
         {"position": 3, "original": "积", "corrected": "绩"},

@@ -158,3 +158,43 @@ def test_mlm_corrector_rows_train_on_every_character_and_decode_in_place():
     out = method.predict(SimpleNamespace(tokenizer=tok), module, inputs, batch)
     assert [uid for uid, _ in out] == [0, 1, 2, 3]
     assert [len(text) for _, text in out] == [len(e.texts[0]) for e in split.train[:4]]
+
+
+def test_a_rewrite_keeps_what_the_vocabulary_cannot_write_and_ends_at_its_closing_quote():
+    from fs_ray.data.encoding import keep_unwritable, rewritten
+    from fs_ray.data.tokenization import load_tokenizer
+
+    tok = load_tokenizer("bert-chinese")  # uncased, no curly quotes, whitespace dropped
+    source = "他说“Hello World”，他的成积很好 啊"
+    decoded = "他说hello world，他的成绩很好啊"  # what the model's tokens decode to
+    assert keep_unwritable(tok, source, decoded) == "他说“Hello World”，他的成绩很好 啊"
+    # real edits stay: a deleted character the vocabulary writes, an inserted one
+    assert keep_unwritable(tok, "我们们去公园", "我们去公园了") == "我们去公园了"
+    # the closing quote before the end token ends the rewrite; without an end, the first one does
+    assert rewritten(tok, "成积很好", '成绩很好"', '"') == "成绩很好"
+    assert rewritten(tok, "成积很好", '成绩"很好"', '"') == '成绩"很好'
+    assert rewritten(tok, "成积很好", '成绩"很', '"') == "成绩"
+
+
+def test_the_corrector_splits_long_texts_into_whole_pieces_that_fit_the_model(tmp_path):
+    from fs_ray.serving.inference import Corrector
+    from tests.model_folders import corrector_folder
+
+    mlm = Corrector(str(corrector_folder(tmp_path / "fix", "mlm_correct", max_len=16)))
+    text = "我们今天去公园完。天气很好，我们都很高兴啊啊啊。然后回家了！"
+    pieces = mlm._pieces(text)
+    assert "".join(pieces) == text and all(len(p) <= 14 for p in pieces)
+    assert pieces[0] == "我们今天去公园完。"  # cut after a sentence end when one is in the second half
+    (out,) = mlm.correct([text])
+    assert len(out["text"]) == len(text)  # in place, every character back
+    rewriter = Corrector(str(corrector_folder(tmp_path / "rw", "clm", max_len=48)))
+    assert rewriter._pieces("短句子") == ["短句子"]  # a text that fits is one piece, encoded as evaluation does
+    long = "Hello 我们今天去公园玩，天气很好。" * 4
+    pieces = rewriter._pieces(long)
+    assert "".join(pieces) == long and len(pieces) > 1
+    assert all(len(tok) <= rewriter.piece for tok in (rewriter.tokenizer.encode(p).ids for p in pieces))
+    assert rewriter.correct([]) == []
+    with pytest.raises(ValueError, match="not for correction"):
+        from tests.model_folders import generation_folder
+
+        Corrector(str(generation_folder(tmp_path / "title")))

@@ -22,6 +22,7 @@ the budget from the start, the rest from the end); nothing ever overflows ``max_
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -378,6 +379,49 @@ def rewrite_source(enc: Encoder, text: str, room: int) -> list[int]:
     return [*opening, *enc.cut(continuation_ids(enc.tokenizer, text), room), *middle]
 
 
+def rewritten(tokenizer, source: str, generated: str, close: str) -> str:
+    """A rewriter's correction of ``source`` from its decoded continuation ``generated``: the text
+    up to the closing quote (the one before the end token; the first one when the end never came),
+    then with the source's own characters kept wherever the output differs only in what the
+    vocabulary cannot write (:func:`keep_unwritable`). Evaluation and serving both read rewrites here."""
+    if generated.endswith(close):
+        generated = generated[: -len(close)]
+    elif close in generated:
+        generated = generated.split(close, 1)[0]
+    return keep_unwritable(tokenizer, source, generated)
+
+
+def keep_unwritable(tokenizer, source: str, output: str) -> str:
+    """``output`` with the source's characters restored where they differ only by the vocabulary's
+    round trip: a character it lowercases (an uncased vocabulary), cannot write ([UNK], e.g. curly
+    quotes in the Chinese BERT vocabulary) or drops (whitespace: the output's own is dropped). Real
+    edits stay as the model made them; a character the model deleted that the vocabulary can write
+    stays deleted."""
+    from fs_ray.generation import decode_text
+
+    cache: dict[str, str] = {}
+
+    def trip(c: str) -> str:
+        if c not in cache:
+            cache[c] = decode_text(tokenizer, tokenizer.encode(c, add_special_tokens=False).ids)
+        return cache[c]
+
+    seen = [trip(c) for c in source]  # each source character as the model reads it back
+    # whitespace in a decoded output is the decoder's (WordPiece spaces ASCII words apart); the
+    # source's own whitespace, which no vocabulary here writes, comes back from the source
+    output = "".join(c for c in output if not c.isspace())
+    out: list[str] = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, seen, list(output), autojunk=False).get_opcodes():
+        if op == "equal":
+            out.append(source[i1:i2])
+        elif op == "insert":
+            out.append(output[j1:j2])
+        else:  # delete / replace: unwritable source characters come back, the model's text stays
+            out.append("".join(source[i] for i in range(i1, i2) if not seen[i]))
+            out.append(output[j1:j2])
+    return "".join(out)
+
+
 def _pad_to(ids: list[int], width: int, value: int) -> np.ndarray:
     return np.array([*ids, *[value] * (width - len(ids))], dtype=np.int64)
 
@@ -440,6 +484,8 @@ def encode_generation(
             }
             if train:  # its own width, never the input's: collate_rows trims it by its own rows
                 item["labels"] = _pad_to(target, tgt_len + (tgt_len == enc.max_len), IGNORE)
+        if spec.shape == "correction":  # what a correction keeps where the vocabulary cannot write it
+            item["source_chars"] = _pad_to([ord(c) for c in ex.texts[0][: enc.max_len]], enc.max_len, 0)
         item["row"] = np.int64(row)
         rows.append(item)
     return rows

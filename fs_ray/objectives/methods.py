@@ -228,11 +228,15 @@ class Generation(Method):
         )
         tok = work.tokenizer
         texts = [decode_text(tok, seq) for seq in ids]
-        if work.shape == "correction" and self.decoder:  # a rewrite ends at its closing quote
-            from fs_ray.data.encoding import rewrite_layout
+        if work.shape == "correction":  # as serving reads corrections (fs_ray.serving.inference.Corrector)
+            from fs_ray.data.encoding import keep_unwritable, rewrite_layout, rewritten
 
-            close = rewrite_layout(tok)[2]
-            texts = [t.split(close, 1)[0] for t in texts]
+            sources = ["".join(map(chr, row[row > 0])) for row in batch["source_chars"].cpu().numpy()]
+            if self.decoder:  # a rewrite ends at its closing quote
+                close = rewrite_layout(tok)[2]
+                texts = [rewritten(tok, src, t, close) for src, t in zip(sources, texts, strict=True)]
+            else:
+                texts = [keep_unwritable(tok, src, t) for src, t in zip(sources, texts, strict=True)]
         return list(zip(batch["uid"].tolist(), texts, strict=True))
 
     def decode(self, shape, labels, n_examples, outputs, rows, lengths=None):

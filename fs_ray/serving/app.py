@@ -113,8 +113,8 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
     for model_id, folder in sorted(found.items()):
         kind = _kind(folder)
         card = read_task_card(folder) or {}
-        if card.get("shape") == "correction" and (card.get("method") == "mlm_correct" or kind == "clm"):
-            kind = "corrector"  # fine-tuned for a correction task: served by /v1/correct
+        if card.get("shape") == "correction":  # fine-tuned for a correction task: served by /v1/correct
+            kind = "corrector"  # an MLM corrector, a rewriter (clm) or a seq2seq corrector
         elif kind in ("clm", "seq2seq") and card.get("shape") == "generation":
             kind = "generator"  # fine-tuned for a generation task: served by /v1/generate
         elif kind not in ("classifier", "tagger"):

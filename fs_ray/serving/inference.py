@@ -527,22 +527,29 @@ class Corrector(_Base):
     - an MLM-corrector export (``fs_ray_task.json``: shape ``correction``, method ``mlm_correct``):
       one row per text as fine-tuning builds it (:func:`fs_ray.data.encoding.mlm_correction_row`), the
       MLM head's best character at every Chinese position;
-    - a rewriter: a Bigan export (pretrained with ``denoise``, released, or fine-tuned with ``clm`` on
-      a correction task) prompted ``“{text}”改写后是“`` and decoded (greedy, or the card's decoding)
-      until its closing quote or end token.
+    - a rewriter: a Bigan export (pretrained with ``denoise``, or released), or any causal LM
+      fine-tuned with ``clm`` on a correction task, prompted ``“{text}”改写后是“`` and decoded (greedy,
+      or the card's decoding) to its closing quote; the source's characters are kept where the
+      output differs only in what the vocabulary cannot write
+      (:func:`fs_ray.data.encoding.rewritten`, as evaluation reads rewrites).
 
-    A text longer than one model input is corrected piece by piece (pieces of whole characters) and
-    joined, so nothing is cut off. ``model``: already loaded weights to share (a replica that also
-    generates with the same folder)."""
+    A text longer than one model input is corrected piece by piece (whole characters, as many as
+    an input holds, cut after a sentence end where there is one) and joined, so nothing is cut off;
+    a text that fits is one piece, encoded exactly as evaluation encodes it. ``max_batch``: most
+    pieces in one forward pass or ``generate`` call. ``model``: already loaded weights to share."""
 
-    def __init__(self, folder: str, max_len: int = 512, model=None):
+    def __init__(self, folder: str, max_len: int = 512, model=None, max_batch: int = 64):
         from fs_ray.data.tokenization import special_ids
         from fs_ray.families.base import doc_end
         from fs_ray.pretrained import ModelFolder
 
         self.config = read_config(folder)
         card = read_task_card(folder) or {}
-        self.card = card if card.get("shape") == "correction" else None
+        if card and card.get("shape") != "correction":
+            raise ValueError(
+                f"{folder}: fine-tuned for a {card.get('shape')} task ({card.get('task')}), not for correction"
+            )
+        self.card = card or None
         super().__init__(folder, int((self.card or {}).get("max_len") or max_len))
         family = ModelFolder(folder).family
         if self.card and self.card.get("method") == "mlm_correct":
@@ -551,44 +558,92 @@ class Corrector(_Base):
             not self.card and family is not None and "correct" in family.operations
         ):
             self.mode, auto = "rewrite", "AutoModelForCausalLM"
+        elif self.card and generation_kind(folder) == "seq2seq":
+            self.mode, auto = "seq2seq", "AutoModelForSeq2SeqLM"  # source -> target, as any generation task
         else:
             what = f"a {self.card.get('method')} correction export" if self.card else f"a {model_kind(folder)} model"
             raise ValueError(
                 f"{folder}: {what} does not correct text (an MLM-corrector or Bigan rewriting export does)"
             )
+        self.max_batch = max(1, max_batch)
         self._load_tokenizer()
-        self.enc = Encoder(self.tokenizer, self.max_len, "head")
+        self.enc = Encoder(self.tokenizer, self.max_len, (self.card or {}).get("truncation", "head"))
         self.device = device()
         self.model = model if model is not None else load_model(folder, auto).eval().to(self.device)
         special = special_ids(self.tokenizer).as_dict()
-        if self.mode == "rewrite":
-            from fs_ray.data.encoding import rewrite_layout
-            from fs_ray.objectives.pretraining import rewrite_ids
-
-            self.close = rewrite_layout(self.tokenizer)[2]  # refuses a vocabulary without the prompt
-            opening, middle, closing = rewrite_ids(self.tokenizer)
-            # the end the model learnt: fine-tuning's document end, else the denoise objective's
-            end = doc_end(special) if self.card else special.get("eos")
-            self.eos = end if end is not None else doc_end(special)
-            if self.eos is None:
-                raise ValueError(f"{folder}: the vocabulary has no end token to stop a rewrite")
+        if self.mode == "mlm":
+            self.piece = self.max_len - 2  # one token per character
+            return
+        self.decoding = (self.card or {}).get("decoding") or {}
+        self._lock = _GENERATE_LOCK
+        if self.mode == "seq2seq":  # fine-tuning's ids (encode_generation): [CLS]? prompt end
+            self.eos = doc_end(special)
             self.pad = special["pad"] if special.get("pad") is not None else self.eos
-            self.max_new = int((self.card or {}).get("max_target_len") or self.max_len // 2)
-            self.fixed = len(opening) + len(middle)
-            self.slack = len(closing) + 1 + 8  # a rewrite may insert a few characters
-            self.room = self.max_len - self.fixed - self.max_new
-            if self.room < 8:
-                raise ValueError(f"{folder}: max_len {self.max_len} leaves no room for a text to rewrite")
-            self.decoding = (self.card or {}).get("decoding") or {}
-            self._lock = _GENERATE_LOCK
+            self.lead = [special["cls"]] if special.get("cls") is not None else []
+            self.max_new = int(self.card["max_target_len"])
+            self.piece = min(self.max_len - len(self.lead) - 1 - 8, self.max_new - 1)  # 8: the prompt
+            self.close = ""
+            return
+        from fs_ray.data.encoding import rewrite_layout
+        from fs_ray.objectives.pretraining import rewrite_ids
+
+        self.close = rewrite_layout(self.tokenizer)[2]  # refuses a vocabulary without the prompt
+        opening, middle, closing = rewrite_ids(self.tokenizer)
+        # the end the model learnt: fine-tuning's document end, else the denoise objective's
+        end = doc_end(special) if self.card else special.get("eos")
+        self.eos = end if end is not None else doc_end(special)
+        if self.eos is None:
+            raise ValueError(f"{folder}: the vocabulary has no end token to stop a rewrite")
+        self.pad = special["pad"] if special.get("pad") is not None else self.eos
+        self.max_new = int((self.card or {}).get("max_target_len") or self.max_len // 2)
+        self.fixed = len(opening) + len(middle)
+        self.room = self.max_len - self.fixed - self.max_new  # as encode_generation's rewrite rows
+        # a piece's tokens fit the source room and its rewrite the target (closing quote and end
+        # included), as in fine-tuning; a few tokens spare for insertions where the text is cut
+        self.piece = min(self.room, self.max_new - len(closing) - 1)
+        if self.piece < 8:
+            raise ValueError(
+                f"{folder}: max_len {self.max_len} and max_target_len {self.max_new} leave {self.piece} "
+                "tokens for a text to rewrite (at least 8)"
+            )
 
     @property
     def task(self) -> str:
         return (self.card or {}).get("task", "")
 
     def _pieces(self, text: str) -> list[str]:
-        size = self.max_len - 2 if self.mode == "mlm" else min(self.room, self.max_new - self.slack)
-        return [text[i : i + size] for i in range(0, len(text), max(1, size))]
+        """``text`` in pieces of at most ``self.piece`` tokens (characters for the MLM corrector),
+        each cut after its last sentence end when it has one in its second half."""
+        if self.mode == "mlm":
+            ends = list(range(1, len(text) + 1))  # a character is a token
+        elif self.mode == "seq2seq":
+            encoded = self.tokenizer.encode(text, add_special_tokens=False)
+            if len(encoded.ids) <= self.piece:
+                return [text]
+            ends = sorted(e for _, e in encoded.offsets if e > 0) or [len(text)]
+            ends[-1] = len(text)
+        else:
+            from fs_ray.objectives.pretraining import continuation_ids
+
+            # where each token ends, in characters (offsets of the text as the prompt encodes it)
+            encoded = self.tokenizer.encode(text, add_special_tokens=False)
+            if len(encoded.ids) <= self.piece - 2 and len(continuation_ids(self.tokenizer, text)) <= self.piece:
+                return [text]
+            ends = sorted(e for _, e in encoded.offsets if e > 0) or [len(text)]  # a byte-level BPE
+            ends[-1] = len(text)  # repeats a character's end for each of its tokens
+        budget = self.piece if self.mode == "mlm" else self.piece - 2  # a SentencePiece may add a mark
+        pieces, start, taken = [], 0, 0
+        for end in ends:
+            taken += 1
+            if taken >= budget and end < len(text):
+                window = text[start:end]
+                cut = max((window.rfind(c) for c in "。！？!?；;"), default=-1)
+                stop = start + cut + 1 if cut >= len(window) // 2 else end
+                pieces.append(text[start:stop])
+                taken = sum(1 for e in ends if stop < e <= end)
+                start = stop
+        pieces.append(text[start:])
+        return [p for p in pieces if p]
 
     @torch.no_grad()
     def _mlm(self, texts: list[str]) -> list[str]:
@@ -601,21 +656,27 @@ class Corrector(_Base):
         return [corrected_text(self.tokenizer, r["chars"][:width], p) for r, p in zip(rows, predicted, strict=True)]
 
     def _rewrite(self, texts: list[str]) -> list[str]:
-        from fs_ray.data.encoding import rewrite_source
+        from fs_ray.data.encoding import keep_unwritable, prompt_ids, rewrite_source, rewritten
         from fs_ray.generation import decode_text, generate_ids
 
-        rows = [rewrite_source(self.enc, t, self.room) for t in texts]
-        # a fine-tuned rewriter decodes as its evaluation did; otherwise the longest text and a little
-        new = self.max_new if self.card else min(self.max_new, max(len(r) - self.fixed for r in rows) + self.slack)
+        if self.mode == "seq2seq":
+            budget = self.max_len - len(self.lead) - 1
+            rows = [[*self.lead, *prompt_ids(self.enc, self.card.get("prompt") or "{text}", t, budget), self.eos]
+                    for t in texts]  # fmt: skip
+        else:
+            rows = [rewrite_source(self.enc, t, self.room) for t in texts]
         width = max(map(len, rows))
         ids = torch.tensor([r + [self.pad] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=self.device)
         with self._lock:
             out = generate_ids(
-                self.model, ids, mask, decoder=True, max_new_tokens=new, settings=self.decoding,
-                eos=self.eos, pad=self.pad, forced_bos_token_id=None,
+                self.model, ids, mask, decoder=self.mode == "rewrite", max_new_tokens=self.max_new,
+                settings=self.decoding, eos=self.eos, pad=self.pad, forced_bos_token_id=None,
             )  # fmt: skip
-        return [decode_text(self.tokenizer, seq).split(self.close, 1)[0] for seq in out]
+        decoded = [decode_text(self.tokenizer, seq) for seq in out]
+        if self.mode == "seq2seq":
+            return [keep_unwritable(self.tokenizer, t, d) for t, d in zip(texts, decoded, strict=True)]
+        return [rewritten(self.tokenizer, t, d, self.close) for t, d in zip(texts, decoded, strict=True)]
 
     def correct(self, texts: list[str]) -> list[dict[str, Any]]:
         """``{"text": corrected, "changes": [{position, original, corrected}, ...]}`` per text."""
@@ -623,10 +684,11 @@ class Corrector(_Base):
 
         pieces = [self._pieces(t) for t in texts]
         flat = [p for ps in pieces for p in ps]
-        fixed = self._mlm(flat) if self.mode == "mlm" else self._rewrite(flat)
+        run = self._mlm if self.mode == "mlm" else self._rewrite
+        fixed = [f for i in range(0, len(flat), self.max_batch) for f in run(flat[i : i + self.max_batch])]
         out, pos = [], 0
         for text, ps in zip(texts, pieces, strict=True):
             corrected = "".join(fixed[pos : pos + len(ps)])
             pos += len(ps)
-            out.append({"text": corrected, "changes": edits(text, corrected)})
+            out.append({"text": corrected, "changes": edits(text, corrected, in_place=self.mode == "mlm")})
         return out

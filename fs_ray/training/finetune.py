@@ -43,6 +43,8 @@ from fs_ray.objectives import METHODS, get_method
 from fs_ray.run_configs import FinetuneConfig
 from fs_ray.training import checkpoint as layout
 
+NOT_INPUTS = ("row", "uid", "source_chars")  # row bookkeeping and decoding aids, never model inputs
+
 
 class FinetuneError(RuntimeError):
     """A run that cannot start; the message names the field or file to fix."""
@@ -299,7 +301,7 @@ class FinetuneWork:
             epoch, skip = epoch + 1, 0
 
     def inputs(self, batch, gen):
-        return {k: v for k, v in batch.items() if k not in ("row", "uid")}
+        return {k: v for k, v in batch.items() if k not in NOT_INPUTS}
 
     def checkpoint_due(self, step: int) -> bool:
         if step == self.total_steps:
@@ -406,7 +408,7 @@ class FinetuneWork:
                 # ranks with fewer rows repeat one so every rank runs the same forward passes
                 lo = i * bs if i * bs < n_mine else 0
                 batch = collate_rows({k: v[lo : lo + bs] for k, v in cols.items()})
-                inputs = {k: v.to(engine.device) for k, v in batch.items() if k not in ("row", "uid")}
+                inputs = {k: v.to(engine.device) for k, v in batch.items() if k not in NOT_INPUTS}
                 payload = self.method.predict(self, module, inputs, batch)
                 if i * bs < n_mine:
                     out.extend(payload)

@@ -187,7 +187,7 @@ def test_bad_generation_requests_are_refused_naming_the_field(server, body, stat
     assert r.json()["field"] == field and field in r.json()["error"]
 
 
-def test_the_web_page_streams_generated_text_into_the_result(server):
+def test_the_web_page_streams_generated_text_and_shows_corrections(server, folders):
     from playwright.sync_api import sync_playwright
 
     whole = post(server, {"prompt": PROMPT, "model": "wenzhong-slow"}).json()["text"]  # 32 tokens, greedy
@@ -212,7 +212,20 @@ def test_the_web_page_streams_generated_text_into_the_result(server):
         page.wait_for_function("document.getElementById('result').dataset.done === '1'", timeout=60_000)
         shown = page.inner_text("#result")
         renders = page.evaluate("window.renders")
+        # correction: the corrected text, then each change with its offset
+        page.select_option("#mode", "correct")
+        page.wait_for_function("document.querySelectorAll('#model option').length >= 3")
+        correctors = page.eval_on_selector_all("#model option", "os => os.map(o => o.value)")
+        page.select_option("#model", "fix")
+        page.fill("#text", "他的成积很好")
+        page.click("#go")
+        page.wait_for_function("document.getElementById('result').dataset.model === 'fix'", timeout=60_000)
+        corrected = page.inner_text("#result")
         browser.close()
+    (fix,) = Corrector(str(folders["fix"])).correct(["他的成积很好"])
+    assert set(correctors) == {"fix", "rewrite", "bigan-denoise"}
+    assert corrected.splitlines()[0] == fix["text"]
+    assert len(corrected.splitlines()) == 1 + max(1, len(fix["changes"]))
     assert {"title", "wenzhong-slow"} <= set(choices)  # generators only: no classifier offered here
     assert "senti" not in choices
     assert shown == whole

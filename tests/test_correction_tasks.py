@@ -168,8 +168,10 @@ def test_a_rewrite_keeps_what_the_vocabulary_cannot_write_and_ends_at_its_closin
     source = "他说“Hello World”，他的成积很好 啊"
     decoded = "他说hello world，他的成绩很好啊"  # what the model's tokens decode to
     assert keep_unwritable(tok, source, decoded) == "他说“Hello World”，他的成绩很好 啊"
-    # real edits stay: a deleted character the vocabulary writes, an inserted one
+    # real edits stay: a deleted character the vocabulary writes, an inserted one, and a character
+    # it cannot write ([UNK]: 篹) that the model replaced
     assert keep_unwritable(tok, "我们们去公园", "我们去公园了") == "我们去公园了"
+    assert keep_unwritable(tok, "我们打篹去看他", "我们打算去看他") == "我们打算去看他"
     # the closing quote before the end token ends the rewrite; without an end, the first one does
     assert rewritten(tok, "成积很好", '成绩很好"', '"') == "成绩很好"
     assert rewritten(tok, "成积很好", '成绩"很好"', '"') == '成绩"很好'

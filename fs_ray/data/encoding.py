@@ -395,8 +395,8 @@ def keep_unwritable(tokenizer, source: str, output: str) -> str:
     """``output`` with the source's characters restored where they differ only by the vocabulary's
     round trip: a character it lowercases (an uncased vocabulary), cannot write ([UNK], e.g. curly
     quotes in the Chinese BERT vocabulary) or drops (whitespace: the output's own is dropped). Real
-    edits stay as the model made them; a character the model deleted that the vocabulary can write
-    stays deleted."""
+    edits stay as the model made them: a character the model deleted that the vocabulary can write
+    stays deleted, and one it cannot write that the model wrote something in place of is replaced."""
     from fs_ray.generation import decode_text
 
     cache: dict[str, str] = {}
@@ -414,10 +414,9 @@ def keep_unwritable(tokenizer, source: str, output: str) -> str:
     for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, seen, list(output), autojunk=False).get_opcodes():
         if op == "equal":
             out.append(source[i1:i2])
-        elif op == "insert":
-            out.append(output[j1:j2])
-        else:  # delete / replace: unwritable source characters come back, the model's text stays
+        elif op == "delete":  # the unwritable source characters come back, real deletions stay
             out.append("".join(source[i] for i in range(i1, i2) if not seen[i]))
+        else:  # insert / replace: the model's own text (it wrote something where [UNK] was)
             out.append(output[j1:j2])
     return "".join(out)
 

@@ -7,7 +7,9 @@ model.family picks the family (the list, with presets, is under model.family bel
 the objective (model.objective): erlangshen = Chinese whole-word MLM (jieba boundaries),
 wenzhong/yuyuan = causal LM, randeng = T5 span corruption (needs a sentinel vocabulary),
 randeng-bart = BART text infilling + sentence permutation, randeng-pegasus = gap sentences (its
-corpus prepared with tokenizer.source=pegasus-chinese). Objective rates: model.objective_options.
+corpus prepared with tokenizer.source=pegasus-chinese), zhouwenwang = unified (MLM and causal LM
+over one RoFormer; or mlm, clm), bigan = denoise (confusion-set noise rewritten to the clean text;
+or clm). Objective rates: model.objective_options.
 Checkpoints every checkpoint.every_n_steps under <run.storage_path>/<run.name>; rerunning with the
 same name resumes from the latest one at the same step and data position. A killed worker restarts
 the worker group from the last checkpoint (checkpoint.max_failures). At the end the last checkpoint

@@ -7,8 +7,9 @@ r"""Deploy exported models as the fs_ray Serve application on a running Ray clus
 models.fill_mask is a pretraining export (masked LM: /v1/fill-mask, /v1/zero-shot); models.tasks
 is a fine-tuning export, a folder of them, or a whole fine-tuning run directory (every
 <task>/<method>/split_<k>/export becomes a model id such as eprstmt-head-split_few_all, served
-from one multiplexed deployment: /v1/classify, /v1/ner); models.generate is a GPT2 or T5 export
-(/v1/generate). The application outlives this job: it keeps serving until `serve shutdown` or
+from one multiplexed deployment: /v1/classify, /v1/ner, /v1/generate and /v1/correct for
+fine-tuned generators and correctors); models.generate is a GPT2/T5/BART/Pegasus/Zhouwenwang export
+(/v1/generate); models.correct is a Bigan export (/v1/correct by rewriting). The application outlives this job: it keeps serving until `serve shutdown` or
 `cluster/local.sh down`. Model folders must be readable from every node (shared storage on a
 multi-node cluster).
 

@@ -179,6 +179,14 @@ def _unflatten(flat: list[Any], sizes: list[int]) -> list[list[Any]]:
     return out
 
 
+async def _per_text(fn, width: int, texts: list[list[str]], batches: Counter[int]) -> list[list[Any]]:
+    """A batch of requests (each a list of texts) through ``fn`` as one flat list in passes of at
+    most ``width`` texts, answered per request; ``batches`` counts the batch sizes."""
+    flat, sizes = _flatten(texts)
+    batches[len(flat)] += 1
+    return _unflatten(await asyncio.to_thread(_chunked, fn, width, flat), sizes)
+
+
 def _chunked(fn, width: int, flat: list[Any], pairs: list[Any] | None = None) -> list[Any]:
     """``fn`` over ``flat`` in forward passes of at most ``width`` texts (batching.max_forward_texts)."""
     out: list[Any] = []
@@ -293,17 +301,12 @@ def task_models_deployment(cfg: ServeConfig):
         @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
         async def tag(self, texts: list[list[str]]) -> list[list[Any]]:
             loaded = await self.get_model(serve.get_multiplexed_model_id())
-            flat, sizes = _flatten(texts)
-            self.batches[len(flat)] += 1
-            return _unflatten(await asyncio.to_thread(_chunked, loaded.model.tag, b.max_forward_texts, flat), sizes)
+            return await _per_text(loaded.model.tag, b.max_forward_texts, texts, self.batches)
 
         @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=0)
         async def correct(self, texts: list[list[str]]) -> list[list[Any]]:
             loaded = await self.get_model(serve.get_multiplexed_model_id())
-            flat, sizes = _flatten(texts)
-            self.batches[len(flat)] += 1
-            fixed = await asyncio.to_thread(_chunked, loaded.model.correct, b.max_forward_texts, flat)
-            return _unflatten(fixed, sizes)
+            return await _per_text(loaded.model.correct, b.max_forward_texts, texts, self.batches)
 
         async def generate(self, prompts: list[str], max_new_tokens: int, settings: dict[str, Any]) -> list[str]:
             loaded = await self.get_model(serve.get_multiplexed_model_id())
@@ -423,10 +426,7 @@ def corrector_deployment(cfg: ServeConfig):
 
         @serve.batch(max_batch_size=b.max_batch_size, batch_wait_timeout_s=b.batch_wait_timeout_s)
         async def correct(self, texts: list[list[str]]) -> list[list[Any]]:
-            flat, sizes = _flatten(texts)
-            self.batches[len(flat)] += 1
-            fixed = await asyncio.to_thread(_chunked, self.model.correct, b.max_forward_texts, flat)
-            return _unflatten(fixed, sizes)
+            return await _per_text(self.model.correct, b.max_forward_texts, texts, self.batches)
 
     return CorrectorServer
 

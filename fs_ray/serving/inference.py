@@ -616,21 +616,18 @@ class Corrector(_Base):
         each cut after its last sentence end when it has one in its second half."""
         if self.mode == "mlm":
             ends = list(range(1, len(text) + 1))  # a character is a token
-        elif self.mode == "seq2seq":
-            encoded = self.tokenizer.encode(text, add_special_tokens=False)
-            if len(encoded.ids) <= self.piece:
-                return [text]
-            ends = sorted(e for _, e in encoded.offsets if e > 0) or [len(text)]
-            ends[-1] = len(text)
         else:
             from fs_ray.objectives.pretraining import continuation_ids
 
-            # where each token ends, in characters (offsets of the text as the prompt encodes it)
             encoded = self.tokenizer.encode(text, add_special_tokens=False)
-            if len(encoded.ids) <= self.piece - 2 and len(continuation_ids(self.tokenizer, text)) <= self.piece:
+            # a rewrite's source is encoded inside the prompt (continuation_ids), a seq2seq one alone
+            inside = len(encoded.ids) if self.mode == "seq2seq" else len(continuation_ids(self.tokenizer, text))
+            if inside <= self.piece and (self.mode == "seq2seq" or len(encoded.ids) <= self.piece - 2):
                 return [text]
-            ends = sorted(e for _, e in encoded.offsets if e > 0) or [len(text)]  # a byte-level BPE
-            ends[-1] = len(text)  # repeats a character's end for each of its tokens
+            # where each token ends, in characters (a byte-level BPE repeats a character's end
+            # for each of its tokens)
+            ends = sorted(e for _, e in encoded.offsets if e > 0) or [len(text)]
+            ends[-1] = len(text)
         budget = self.piece if self.mode == "mlm" else self.piece - 2  # a SentencePiece may add a mark
         pieces, start, taken = [], 0, 0
         for end in ends:

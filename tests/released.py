@@ -390,3 +390,31 @@ LAYOUTS = [
 
 def layout(name: str) -> Layout:
     return next(x for x in LAYOUTS if x.name == name)
+
+
+TINY_VIT = {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 96,
+            "image_size": 32, "patch_size": 8}  # fmt: skip
+
+
+def taiyi_text(out: Path, projection: int = 32) -> Path:
+    """Taiyi-CLIP-Roberta's text tower: a BertForSequenceClassification whose ``num_labels`` are
+    the projection (config.json with a 512-entry id2label on the hub), pytorch_model.bin, vocab.txt."""
+    return bert(out, arch="BertForSequenceClassification", num_labels=projection)
+
+
+def openai_clip(out: Path, projection: int = 32, logit_scale: float = 3.1) -> Path:
+    """openai/clip-vit-base-patch32's layout: one CLIPModel folder (``model_type: clip``, an English
+    text tower beside the ViT, ``projection_dim`` on the pair, a trained ``logit_scale``)."""
+    import transformers
+
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                     "intermediate_size": 64, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+        vision_config=TINY_VIT,
+        projection_dim=projection,
+    )  # fmt: skip
+    torch.manual_seed(1)
+    model = transformers.CLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(logit_scale)
+    return _save(model, out, bin_weights=True)

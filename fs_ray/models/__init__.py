@@ -1,7 +1,8 @@
 """Model code of fs_ray's own, for families that ``transformers`` does not carry as released.
 
-:mod:`fs_ray.models.zhouwenwang` (FengShen's RoFormer: unified LM + MLM) and
-:mod:`fs_ray.models.bigan` (FengShen's Transformer-XL-denoise). Each module's classes register
+:mod:`fs_ray.models.zhouwenwang` (FengShen's RoFormer: unified LM + MLM),
+:mod:`fs_ray.models.bigan` (FengShen's Transformer-XL-denoise) and :mod:`fs_ray.models.taiyi`
+(Taiyi's CLIP pair: a BERT text tower and a CLIP ViT image tower). Each module's classes register
 with transformers' Auto classes (``AutoConfig``, ``AutoModel``, ``AutoModelForMaskedLM``, ...), so
 an export loads with ``from_pretrained`` and no remote code.
 
@@ -23,7 +24,7 @@ import sys
 import threading
 import warnings
 
-MODULES = ("zhouwenwang", "bigan")  # fs_ray.models.<name>, each with a register()
+MODULES = ("zhouwenwang", "bigan", "taiyi")  # fs_ray.models.<name>, each with a register()
 # transformers modules after whose loading registration is tried
 WATCHED = (
     "transformers.models.auto.configuration_auto",

@@ -123,3 +123,37 @@ class UniMCLoss(nn.Module):
 
     def forward(self, input_ids, attention_mask, token_type_ids, mask_pos, option_ids, label, **_):
         return nn.functional.cross_entropy(self.logits(input_ids, attention_mask, token_type_ids, mask_pos, option_ids), label)
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Every rank's ``x`` (equal shapes) concatenated in rank order, and where this rank's rows
+    start. The gather is differentiable: in backward each rank's rows receive the gradient every
+    rank's loss sends them (``torch.distributed.nn``'s all-gather reduces the gradients), so the
+    data-parallel average of the ranks' gradients is the gradient of the mean of their losses.
+    A single process (or no process group) returns ``x`` itself."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    from torch.distributed.nn.functional import all_gather
+
+    parts = all_gather(x.contiguous())
+    return torch.cat(parts), dist.get_rank() * x.shape[0]
+
+
+def contrastive_loss(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE over the **global** batch: this rank's texts are scored against
+    every rank's images and its images against every rank's texts, with pair ``i`` the positive
+    of row ``i``; the two cross-entropies are averaged. ``text`` and ``image`` are normalised
+    (B, D) embeddings, ``scale`` the (clamped, exponentiated) temperature. With ``W`` ranks of
+    ``b`` rows each, the ranks' mean loss (and, after data-parallel averaging, the gradients) are
+    those of one process holding all ``W * b`` pairs."""
+    all_text, start = gather_with_grad(text)
+    all_image, _ = gather_with_grad(image)
+    targets = torch.arange(start, start + text.shape[0], device=text.device)
+    per_text = scale * text @ all_image.t()  # (b, W*b)
+    per_image = scale * image @ all_text.t()
+    return (
+        nn.functional.cross_entropy(per_text.float(), targets)
+        + nn.functional.cross_entropy(per_image.float(), targets)
+    ) / 2

@@ -1,0 +1,325 @@
+"""Taiyi 太乙: a Chinese CLIP — a BERT-family text tower and a ViT image tower meeting in one space.
+
+The layout is the one the released Taiyi-CLIP-Roberta-102M/326M-Chinese checkpoints are used in:
+
+- the **text tower** is a ``BertForSequenceClassification`` whose ``num_labels`` (512) "labels"
+  are the projection: the text feature is its ``logits`` — the pooler (dense + tanh on [CLS]),
+  then the classifier (a linear layer with bias) — exactly what Taiyi's own usage code calls;
+- the **image tower** is an openai CLIP ViT (``CLIPVisionModelWithProjection``: the vision
+  transformer, its pooled post-LayerNorm [CLS] and ``visual_projection`` without bias), loaded
+  from an openai CLIP folder (``vision_model.*``, ``visual_projection.weight``) as Taiyi did;
+- a learnable temperature ``logit_scale`` (log of the scale, initialised to log(1/0.07) and
+  clamped at log(100) when used, as CLIP does).
+
+Saved (``save_pretrained``) as a folder whose ``text/`` loads with
+``BertForSequenceClassification.from_pretrained`` where Taiyi's text checkpoint does and whose
+``vision/`` loads with ``CLIPVisionModelWithProjection.from_pretrained`` where openai's CLIP folder
+does, plus a top-level ``config.json`` (``model_type: taiyi_clip``, the trained ``logit_scale``)
+so ``AutoModel.from_pretrained(folder)`` rebuilds the pair with no remote code. One copy of the
+weights. :func:`from_released` builds the pair from a released text folder and a CLIP folder.
+
+``freeze_vision`` (Taiyi's recipe: train the text tower against a frozen CLIP image tower) turns
+the image tower's gradients off and keeps it in eval mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
+from transformers.utils import ModelOutput
+
+MODEL_TYPE = "taiyi_clip"
+TEXT_DIR, VISION_DIR = "text", "vision"
+LOGIT_SCALE_INIT = math.log(1 / 0.07)  # 2.6592, CLIP's
+LOGIT_SCALE_MAX = math.log(100.0)  # CLIP clamps the scale at 100
+
+
+@strict
+class TaiyiConfig(PreTrainedConfig):
+    """The pair's shape: ``text_config`` (a BERT config), ``vision_config`` (a CLIP vision
+    config), the shared ``projection_dim``, the temperature and the freezing switch."""
+
+    model_type = MODEL_TYPE
+    sub_configs_defaults: ClassVar = {"text_config": BertConfig, "vision_config": CLIPVisionConfig}
+
+    text_config: dict | BertConfig | None = None
+    vision_config: dict | CLIPVisionConfig | None = None
+    projection_dim: int = 512
+    logit_scale_init_value: float | int = LOGIT_SCALE_INIT
+    logit_scale_max: float | int = LOGIT_SCALE_MAX
+    freeze_vision: bool = False
+    initializer_range: float = 0.02
+
+    def validate_architecture(self):
+        """Part of ``@strict`` validation: both towers project to ``projection_dim``."""
+        vision = self.vision_config
+        if (
+            vision is not None
+            and getattr(vision, "projection_dim", self.projection_dim) != self.projection_dim
+        ):
+            raise ValueError(
+                f"vision_config.projection_dim {vision.projection_dim} != projection_dim {self.projection_dim}"
+            )
+        if self.text_config is not None and self.text_config.num_labels != self.projection_dim:
+            raise ValueError(
+                f"text_config.num_labels {self.text_config.num_labels} (the text projection) != "
+                f"projection_dim {self.projection_dim}"
+            )
+
+
+def make_config(
+    text: dict[str, Any], vision: dict[str, Any], projection_dim: int, **more: Any
+) -> TaiyiConfig:
+    """A :class:`TaiyiConfig` from plain dicts of the two towers' fields."""
+    text_config = BertConfig(**text)
+    text_config.num_labels = projection_dim
+    vision_config = CLIPVisionConfig(**{**vision, "projection_dim": projection_dim})
+    return TaiyiConfig(
+        text_config=text_config, vision_config=vision_config, projection_dim=projection_dim, **more
+    )
+
+
+@dataclass
+class TaiyiOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+
+
+class TaiyiModel(PreTrainedModel):
+    """The dual encoder. ``get_text_features`` / ``get_image_features`` give unnormalised
+    projections (Taiyi's usage normalises them itself); ``forward`` with both inputs gives the
+    normalised embeddings, the scaled similarity logits and, with ``return_loss``, the symmetric
+    InfoNCE loss over the batch (:func:`fs_ray.objectives.losses.contrastive_loss`, which also
+    spans every rank of a distributed run)."""
+
+    config_class = TaiyiConfig
+    base_model_prefix = "taiyi"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: TaiyiConfig):
+        super().__init__(config)
+        self.text_model = BertForSequenceClassification(config.text_config)
+        self.vision_model = CLIPVisionModelWithProjection(config.vision_config)
+        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        self.post_init()
+        if config.freeze_vision:
+            self.freeze_vision()
+
+    def _init_weights(self, module):
+        # each tower initialised itself in its constructor (its own post_init); only the
+        # temperature is the pair's own
+        if module is self:
+            with torch.no_grad():
+                self.logit_scale.fill_(float(self.config.logit_scale_init_value))
+
+    def freeze_vision(self) -> None:
+        self.config.freeze_vision = True
+        self.vision_model.requires_grad_(False)
+        self.vision_model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_vision:
+            self.vision_model.eval()  # a frozen tower keeps its eval-mode behaviour (no dropout)
+        return self
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
+        for tower in (self.text_model, self.vision_model):
+            if enable:
+                tower.gradient_checkpointing_enable()
+            else:
+                tower.gradient_checkpointing_disable()
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        return self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+        ).logits
+
+    def get_image_features(self, pixel_values) -> torch.Tensor:
+        return self.vision_model(pixel_values=pixel_values).image_embeds
+
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.clamp(max=float(self.config.logit_scale_max)).exp()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_loss: bool = False,
+        **_: Any,
+    ) -> TaiyiOutput:
+        from fs_ray.objectives.losses import contrastive_loss
+
+        text = image = None
+        if input_ids is not None:
+            text = nn.functional.normalize(
+                self.get_text_features(input_ids, attention_mask, token_type_ids), dim=-1
+            )
+        if pixel_values is not None:
+            image = nn.functional.normalize(self.get_image_features(pixel_values), dim=-1)
+        if text is None or image is None:
+            return TaiyiOutput(text_embeds=text, image_embeds=image)
+        scale = self.scale()
+        logits_per_text = scale * text @ image.t()
+        loss = contrastive_loss(text, image, scale) if return_loss else None
+        return TaiyiOutput(
+            loss=loss,
+            logits_per_text=logits_per_text,
+            logits_per_image=logits_per_text.t(),
+            text_embeds=text,
+            image_embeds=image,
+        )
+
+    # -- the released layout on disk ------------------------------------------------------------
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``text/`` (Taiyi's text checkpoint layout), ``vision/`` (openai CLIP's vision tower
+        with its projection) and the pair's ``config.json`` holding the trained temperature."""
+        os.makedirs(save_directory, exist_ok=True)
+        state_dict = kwargs.pop("state_dict", None)
+        for name, tower in ((TEXT_DIR, self.text_model), (VISION_DIR, self.vision_model)):
+            sub = None
+            if state_dict is not None:  # e.g. gathered from ZeRO-3 shards by the caller
+                prefix = f"{name}_model."
+                sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            tower.save_pretrained(os.path.join(save_directory, name), *args, state_dict=sub, **kwargs)
+        scale = state_dict["logit_scale"] if state_dict is not None else self.logit_scale
+        config = self.config.to_dict()
+        config["logit_scale_init_value"] = float(scale)
+        config["architectures"] = [type(self).__name__]
+        with open(os.path.join(save_directory, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """A folder :meth:`save_pretrained` wrote: the two towers from their subfolders, the
+        temperature and switches from ``config.json`` (keyword overrides such as
+        ``freeze_vision=True`` apply)."""
+        folder = str(pretrained_model_name_or_path)
+        kwargs.pop("config", None)
+        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in TaiyiConfig.__dataclass_fields__}
+        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+            saved = json.load(f)
+        more = {
+            k: saved[k]
+            for k in ("logit_scale_init_value", "logit_scale_max", "freeze_vision", "initializer_range")
+            if k in saved
+        }
+        return from_released(
+            os.path.join(folder, TEXT_DIR),
+            os.path.join(folder, VISION_DIR),
+            **{**more, **overrides},
+            **kwargs,
+        )
+
+
+def from_released(text_folder: str, vision_folder: str, **more: Any) -> TaiyiModel:
+    """The pair from Taiyi's released text tower (a ``BertForSequenceClassification`` folder
+    whose ``num_labels`` is the projection size) and a CLIP folder (openai's
+    ``clip-vit-base-patch32`` layout, or a ``vision/`` folder fs_ray saved). The CLIP folder's
+    own ``logit_scale`` is the starting temperature where it has one."""
+    load_kwargs = {k: more.pop(k) for k in ("dtype", "device_map") if k in more}
+    text = BertForSequenceClassification.from_pretrained(text_folder, **load_kwargs)
+    config, whole_clip = vision_config(vision_folder)
+    with _transformers_quiet(whole_clip):  # a whole CLIP folder's (English) text tower is not ours to load
+        vision = CLIPVisionModelWithProjection.from_pretrained(vision_folder, config=config, **load_kwargs)
+    if text.config.num_labels != vision.config.projection_dim:
+        raise ValueError(
+            f"{text_folder} projects text to {text.config.num_labels} dimensions (num_labels) but "
+            f"{vision_folder} projects images to {vision.config.projection_dim}"
+        )
+    if "logit_scale_init_value" not in more:
+        scale = _checkpoint_tensor(vision_folder, "logit_scale")
+        if scale is not None:
+            more["logit_scale_init_value"] = float(scale)
+    config = TaiyiConfig(
+        text_config=text.config,
+        vision_config=vision.config,
+        projection_dim=vision.config.projection_dim,
+        **more,
+    )
+    with torch.device("meta"):
+        model = TaiyiModel(config)
+    model.text_model, model.vision_model = text, vision
+    model.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value), dtype=text.dtype))
+    if config.freeze_vision:
+        model.freeze_vision()
+    return model.eval()
+
+
+def vision_config(folder: str) -> tuple[CLIPVisionConfig, bool]:
+    """The image tower's config of a CLIP folder, and whether the folder is a whole CLIP model
+    (``model_type: clip``, whose ``projection_dim`` is on the pair, not on its ``vision_config``)
+    rather than a vision tower alone."""
+    with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
+        raw = json.load(f)
+    config = CLIPVisionConfig.from_pretrained(folder)
+    whole = raw.get("model_type") == "clip"
+    if whole and raw.get("projection_dim") is not None:
+        config.projection_dim = int(raw["projection_dim"])
+    return config, whole
+
+
+@contextlib.contextmanager
+def _transformers_quiet(quiet: bool):
+    """transformers' loading report lowered to errors while ``quiet``."""
+    from transformers.utils import logging
+
+    before = logging.get_verbosity()
+    if quiet:
+        logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
+
+
+def _checkpoint_tensor(folder: str, name: str) -> torch.Tensor | None:
+    """One named tensor of a folder's weights (safetensors, else a PyTorch .bin), if present."""
+    path = os.path.join(folder, "model.safetensors")
+    if os.path.exists(path):
+        from safetensors import safe_open
+
+        with safe_open(path, "pt") as f:
+            names = set(f.keys())
+            return f.get_tensor(name) if name in names else None
+    path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.exists(path):
+        return torch.load(path, map_location="cpu", weights_only=True).get(name)
+    return None
+
+
+AUTO_CLASSES = {"AutoModel": TaiyiModel}
+
+
+def register() -> None:
+    """Make ``model_type: taiyi_clip`` folders load through ``AutoConfig`` / ``AutoModel``."""
+    import transformers
+
+    transformers.AutoConfig.register(MODEL_TYPE, TaiyiConfig, exist_ok=True)
+    for auto, cls in AUTO_CLASSES.items():
+        getattr(transformers, auto).register(TaiyiConfig, cls, exist_ok=True)
+
+
+register()  # importing this module directly registers it too (idempotent)

@@ -23,4 +23,4 @@ for arg in "$@"; do
 done
 echo "== pytest"
 # pytest exits 5 when it collects no test; that is a failure here as everywhere else.
-exec .venv/bin/python -m pytest "${where[@]}" "${marker[@]}" "$@"
+exec .venv/bin/python -m pytest --durations=15 "${where[@]}" "${marker[@]}" "$@"

@@ -89,6 +89,26 @@ def test_deepspeed_json_follows_the_typed_config():
     assert not cpu["bf16"]["enabled"] and not cpu["fp16"]["enabled"] and "optimizer" not in cpu
 
 
+def test_progress_averages_losses_in_place_and_keeps_none_of_them():
+    """The loss since the last line is summed into one tensor in place: a run that prints only at
+    its end (fine-tuning) must not hold a tensor per step (each pinned a step's freed activations)."""
+    from types import SimpleNamespace
+
+    from fs_ray.training.loop import Progress
+
+    work = SimpleNamespace(total_steps=10, label="t", metrics_path=None, tensorboard_dir=None)
+    progress = Progress(work, rank=0, world=1, first_step=0)
+    for value in (1.0, 2.0, 6.0):
+        progress.add(torch.tensor(value, requires_grad=True) * 1.0, tokens=4)
+    accumulator = progress.loss_sum
+    progress.add(torch.tensor(3.0), tokens=4)
+    assert progress.loss_sum is accumulator and not accumulator.requires_grad  # one tensor, summed in place
+    assert progress.line(4, 1e-3) == pytest.approx(3.0)
+    progress.add(torch.tensor(5.0), tokens=4)
+    assert progress.line(5, 1e-3) == pytest.approx(5.0)  # only what came after the last line
+    assert progress.line(5, 1e-3) != progress.line(5, 1e-3)  # nothing since: NaN
+
+
 def test_bad_runs_fail_before_any_worker_starts(corpora, tmp_path):
     with pytest.raises(PretrainError, match="bert-chinese-sentinels"):
         plan(run_cfg(tmp_path, corpora["wwm"], "model.family=randeng"))

@@ -86,7 +86,12 @@ class Progress:
         self.work, self.rank, self.world = work, rank, world
         self.first_step = first_step
         self.t_start = self.t_last = time.monotonic()
-        self.losses: list[torch.Tensor] = []
+        # the loss summed in place on its own device since the last line: no host sync per step,
+        # and no per-step tensor kept alive (a list of the detached losses, never emptied when a
+        # run logs only at its end, grew a fine-tuning worker by one logits-sized block per step:
+        # each 4-byte survivor pinned the freed activations of its step in the allocator's heap)
+        self.loss_sum: torch.Tensor | None = None
+        self.loss_n = 0
         self.tokens = 0
         self.loss = float("nan")
         # parts of the loss the objective reports (Zhouwenwang's mlm_loss / lm_loss): sum and
@@ -101,7 +106,10 @@ class Progress:
             self.writer = SummaryWriter(work.tensorboard_dir)
 
     def add(self, loss: torch.Tensor, tokens: int, parts: dict[str, torch.Tensor] | None = None) -> None:
-        self.losses.append(loss)
+        if self.loss_sum is None or self.loss_sum.device != loss.device:
+            self.loss_sum = torch.zeros((), dtype=torch.float64, device=loss.device)
+        self.loss_sum.add_(loss.detach())
+        self.loss_n += 1
         self.tokens += tokens
         for i, name in enumerate(self.part_names):  # on the loss's device: no host sync per step
             value = (parts or {}).get(name)
@@ -115,7 +123,11 @@ class Progress:
 
     def line(self, step: int, lr: float) -> float:
         """Collective (all ranks call): the mean loss since the last line, printed by rank 0."""
-        mean = torch.stack(self.losses).mean() if self.losses else torch.tensor(float("nan"))
+        if self.loss_n:
+            mean = (self.loss_sum / self.loss_n).float()
+        else:
+            device = self.loss_sum.device if self.loss_sum is not None else "cpu"
+            mean = torch.tensor(float("nan"), device=device)
         if self.world > 1:
             torch.distributed.all_reduce(mean)
             mean /= self.world
@@ -149,7 +161,9 @@ class Progress:
                 for key in ("loss", *self.parts, "lr", "tokens_per_s"):
                     if record[key] is not None:
                         self.writer.add_scalar(f"train/{key}", record[key], step)
-        self.losses, self.tokens, self.t_last = [], 0, now
+        if self.loss_sum is not None:
+            self.loss_sum.zero_()
+        self.loss_n, self.tokens, self.t_last = 0, 0, now
         return self.loss
 
     def close(self) -> None:

@@ -44,6 +44,9 @@ from fs_ray.run_configs import FinetuneConfig
 from fs_ray.training import checkpoint as layout
 
 NOT_INPUTS = ("row", "uid", "source_chars")  # row bookkeeping and decoding aids, never model inputs
+# a rank's training shard up to this many rows is held in the worker and reshuffled there each
+# epoch (FinetuneWork.batches); larger ones stream from Ray Data every epoch
+CACHE_MAX_ROWS = 1_000_000
 
 
 class FinetuneError(RuntimeError):
@@ -242,6 +245,7 @@ class FinetuneWork:
         self.history: list[dict] = []
         self.resumed_from: int | None = None
         self.dev: dict | None = None
+        self._eval_rows: dict[str, tuple[dict, int]] = {}  # dev/test columns this rank scores
 
     def epoch_of(self, step: int) -> int:
         return math.ceil(step / self.steps_per_epoch) if self.steps_per_epoch else 0
@@ -279,20 +283,54 @@ class FinetuneWork:
                 print(f"[finetune] {self.label}: resumed after epoch {self.resumed_from}", flush=True)
 
     def batches(self, start: int):
-        """Micro-batches from ``start`` on: epoch after epoch of this rank's shard, each epoch
-        shuffled with its own seed."""
+        """Micro-batches from ``start`` on: epoch after epoch of this rank's shard, each epoch in
+        its own seeded order. A shard of up to :data:`CACHE_MAX_ROWS` rows is read from Ray Data
+        once and reordered here every epoch: every pass over a ``streaming_split`` shard is a new
+        Ray Data execution, which cost each short epoch its start-up time and grew the worker's
+        memory with every pass (80 epochs of 3 steps took a worker to 22 GB). A larger shard is
+        streamed anew each epoch through Ray Data's local shuffle buffer."""
         import ray.train
-
-        from fs_ray.data.encoding import collate_rows
 
         shard = ray.train.get_dataset_shard("train")
         epoch, skip = divmod(start, self.steps_per_epoch * self.optim.grad_accum)
+        if self.info["train_rows"] > CACHE_MAX_ROWS * self.world:
+            yield from self._streamed(shard, epoch, skip)
+            return
+        import numpy as np
+
+        from fs_ray.data.encoding import collate_rows
+
+        rows = self._read_shard(shard)
+        n, size = len(rows["uid"]), self.optim.micro_batch_size
+        while True:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+            for i, lo in enumerate(range(0, n, size)):
+                if i >= skip:
+                    yield collate_rows({k: v[order[lo : lo + size]] for k, v in rows.items()})
+            epoch, skip = epoch + 1, 0
+
+    @staticmethod
+    def _read_shard(shard) -> dict:
+        """This rank's rows as columns, in ``uid`` order (whatever order the split delivered)."""
+        import numpy as np
+
+        parts: dict[str, list] = {}
+        for b in shard.iter_batches(batch_size=4096, batch_format="numpy"):
+            for k, v in b.items():
+                parts.setdefault(k, []).append(v)
+        rows = {k: np.concatenate(v) for k, v in parts.items()}
+        by_uid = np.argsort(rows["uid"], kind="stable")
+        return {k: v[by_uid] for k, v in rows.items()}
+
+    def _streamed(self, shard, epoch: int, skip: int):
+        from fs_ray.data.encoding import collate_rows
+
         while True:
             for i, batch in enumerate(
                 shard.iter_torch_batches(
                     batch_size=self.optim.micro_batch_size,
                     collate_fn=collate_rows,
-                    local_shuffle_buffer_size=max(self.info["train_rows"], 1),
+                    local_shuffle_buffer_size=min(max(self.info["train_rows"], 1), CACHE_MAX_ROWS),
                     local_shuffle_seed=self.seed * 1000 + epoch,
                 )
             ):
@@ -361,8 +399,17 @@ class FinetuneWork:
         }
 
     def finish(self, engine, rank: int, world: int) -> dict | None:
+        import resource
+
+        import torch
+        import torch.distributed as dist
+
         dev = self.dev if self.dev is not None else self._outputs(engine, "dev")
         test = self._outputs(engine, "test")
+        # the largest resident memory any worker reached (Linux counts ru_maxrss in KiB)
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
+        if world > 1:
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         if rank != 0:
             return None
         return {
@@ -371,6 +418,7 @@ class FinetuneWork:
             "history": self.history,
             "epochs_done": self.epoch_of(self.total_steps),
             "resumed_from": self.resumed_from,
+            "peak_worker_rss_mb": round(float(peak), 1),
         }
 
     def _outputs(self, engine, name: str) -> dict[int, Any]:
@@ -387,18 +435,18 @@ class FinetuneWork:
         if n_rows == 0:
             return {}
         rank, world = self.rank, self.world
-        mine: dict[str, list] = {}
-        fallback = None
-        for b in ray.train.get_dataset_shard(name).iter_batches(batch_size=256, batch_format="numpy"):
-            if fallback is None:
-                fallback = {k: v[:1] for k, v in b.items()}
-            keep = b["uid"] % world == rank
-            for k, v in b.items():
-                mine.setdefault(k, []).append(v[keep])
-        cols = {k: np.concatenate(v) for k, v in mine.items()}
-        n_mine = len(cols["uid"])
-        if n_mine == 0:
-            cols = fallback
+        if name not in self._eval_rows:  # read once per run: each read is a Ray Data execution
+            mine: dict[str, list] = {}
+            fallback = None
+            for b in ray.train.get_dataset_shard(name).iter_batches(batch_size=256, batch_format="numpy"):
+                if fallback is None:
+                    fallback = {k: v[:1] for k, v in b.items()}
+                keep = b["uid"] % world == rank
+                for k, v in b.items():
+                    mine.setdefault(k, []).append(v[keep])
+            cols = {k: np.concatenate(v) for k, v in mine.items()}
+            self._eval_rows[name] = (cols, len(cols["uid"])) if len(cols["uid"]) else (fallback, 0)
+        cols, n_mine = self._eval_rows[name]
         bs = self.optim.eval_batch_size
         out: list = []
         module = engine.module
@@ -558,7 +606,9 @@ def run_neural(
 
         with result.checkpoint.as_directory() as d, tempfile.TemporaryDirectory() as tmp:
             _copy_tree(export_checkpoint(d, os.path.join(tmp, "export")), storage.join(out_dir, "export"))
-    extra = {"resumed_from_epoch": out["resumed_from"]} if out["resumed_from"] is not None else {}
+    extra = {"peak_worker_rss_mb": out["peak_worker_rss_mb"]}
+    if out["resumed_from"] is not None:
+        extra["resumed_from_epoch"] = out["resumed_from"]
     return dev_pred, dev_scores, test_pred, out["history"], time.monotonic() - t, extra
 
 

@@ -55,10 +55,16 @@ def test_forward_gives_normalised_embeddings_and_clips_loss():
     )
     # one tower alone: embeddings only
     assert model(input_ids=ids, attention_mask=mask).image_embeds is None
-    # the temperature is clamped at 100 when used
+    # the temperature is capped at 100 when used, and a capped one still gets a gradient (it can
+    # come back down; a plain clamp would freeze it there)
     with torch.no_grad():
         model.logit_scale.fill_(9.0)
-    assert math.isclose(model.scale().item(), 100.0, rel_tol=1e-5)
+    scale = model.scale()
+    assert math.isclose(scale.item(), 100.0, rel_tol=1e-5)
+    scale.backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.item() > 0
+    # a default config is a valid pair (its text tower projects to projection_dim)
+    assert transformers.AutoConfig.for_model("taiyi_clip").text_config.num_labels == 512
 
 
 def test_export_round_trip_loads_with_automodel_and_each_tower_where_taiyi_and_clip_load(tmp_path):
@@ -120,6 +126,25 @@ def test_frozen_image_tower_gets_no_gradient_and_stays_in_eval_mode(tmp_path):
     model.save_pretrained(tmp_path / "frozen")
     loaded = transformers.AutoModel.from_pretrained(tmp_path / "frozen")
     assert loaded.config.freeze_vision and not any(p.requires_grad for p in loaded.vision_model.parameters())
+    # an override through AutoModel applies (it reaches the model inside the config AutoModel read)
+    _model().save_pretrained(tmp_path / "free")
+    frozen = transformers.AutoModel.from_pretrained(tmp_path / "free", freeze_vision=True)
+    assert not any(p.requires_grad for p in frozen.vision_model.parameters())
+    with pytest.raises(ValueError, match="projection_dim=8"):
+        transformers.AutoModel.from_pretrained(tmp_path / "free", projection_dim=8)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    ids, mask, pixels = _batch(4)
+    runs = []
+    for checkpointing in (False, True):
+        model = _model(seed=2).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        loss = model(input_ids=ids, attention_mask=mask, pixel_values=pixels, return_loss=True).loss
+        loss.backward()
+        runs.append((loss.item(), model.text_model.bert.embeddings.word_embeddings.weight.grad.clone()))
+    assert math.isclose(runs[0][0], runs[1][0], rel_tol=1e-6) and torch.allclose(runs[0][1], runs[1][1], atol=1e-6)
 
 
 def _rank_grads(rank: int, world: int, port: int, out: str) -> None:

@@ -375,3 +375,23 @@ def test_zero_shot_evaluation_needs_no_training_file(tmp_path):
     for methods in ("[head]", "[tfidf]"):
         with pytest.raises(FinetuneError, match=r"train_0\.json"):
             plan(load_config(FinetuneConfig, None, [*common, f"methods={methods}"]))
+
+
+def test_epoch_batches_resume_exactly_where_the_uninterrupted_stream_is():
+    """Fine-tuning's training stream (rows held by the worker, one seeded permutation per epoch):
+    restarting after any number of micro-batches gives the same batches as never stopping, also
+    across epoch ends and with a last short batch; every epoch covers every row once."""
+    from itertools import islice
+
+    from fs_ray.training.finetune import epoch_batches
+
+    n, size = 11, 4  # 3 micro-batches an epoch, the last of 3 rows
+    rows = {"uid": np.arange(n), "attention_mask": np.ones((n, 5), dtype=np.int64)}
+    full = [b["uid"].tolist() for b in islice(epoch_batches(rows, size, seed=7, start=0), 12)]
+    for epoch in range(4):
+        assert sorted(u for b in full[3 * epoch : 3 * epoch + 3] for u in b) == list(range(n))
+    assert full[0:3] != full[3:6]  # a new order each epoch
+    for start in range(9):
+        resumed = [b["uid"].tolist() for b in islice(epoch_batches(rows, size, seed=7, start=start), 3)]
+        assert resumed == full[start : start + 3], start
+    assert [b["uid"].tolist() for b in islice(epoch_batches(rows, size, seed=-3, start=0), 3)]  # any seed

@@ -9,7 +9,7 @@ The layout is the one the released Taiyi-CLIP-Roberta-102M/326M-Chinese checkpoi
   transformer, its pooled post-LayerNorm [CLS] and ``visual_projection`` without bias), loaded
   from an openai CLIP folder (``vision_model.*``, ``visual_projection.weight``) as Taiyi did;
 - a learnable temperature ``logit_scale`` (log of the scale, initialised to log(1/0.07) and
-  clamped at log(100) when used, as CLIP does).
+  capped at log(100) when used, as CLIP caps it).
 
 Saved (``save_pretrained``) as a folder whose ``text/`` loads with
 ``BertForSequenceClassification.from_pretrained`` where Taiyi's text checkpoint does and whose
@@ -65,6 +65,12 @@ class TaiyiConfig(PreTrainedConfig):
     logit_scale_max: float | int = LOGIT_SCALE_MAX
     freeze_vision: bool = False
     initializer_range: float = 0.02
+
+    def __post_init__(self, **kwargs):
+        text_given = self.text_config is not None
+        super().__post_init__(**kwargs)
+        if not text_given:  # a default text tower projects to projection_dim
+            self.text_config.num_labels = self.projection_dim
 
     def validate_architecture(self):
         """Part of ``@strict`` validation: both towers project to ``projection_dim``."""
@@ -143,12 +149,11 @@ class TaiyiModel(PreTrainedModel):
             self.vision_model.eval()  # a frozen tower keeps its eval-mode behaviour (no dropout)
         return self
 
-    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None):
-        for tower in (self.text_model, self.vision_model):
-            if enable:
-                tower.gradient_checkpointing_enable()
-            else:
-                tower.gradient_checkpointing_disable()
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.set_input_embeddings(value)
 
     def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         return self.text_model(
@@ -159,7 +164,12 @@ class TaiyiModel(PreTrainedModel):
         return self.vision_model(pixel_values=pixel_values).image_embeds
 
     def scale(self) -> torch.Tensor:
-        return self.logit_scale.clamp(max=float(self.config.logit_scale_max)).exp()
+        """exp of the temperature, its value capped at ``logit_scale_max`` as CLIP caps it (CLIP
+        clamps the parameter after each step); the gradient passes the cap unchanged, so a
+        temperature pushed past it can come back (a plain clamp would give it none)."""
+        raw = self.logit_scale.float()
+        over = (raw - float(self.config.logit_scale_max)).clamp(min=0).detach()
+        return (raw - over).exp()
 
     def forward(
         self,
@@ -198,12 +208,26 @@ class TaiyiModel(PreTrainedModel):
         with its projection) and the pair's ``config.json`` holding the trained temperature."""
         os.makedirs(save_directory, exist_ok=True)
         state_dict = kwargs.pop("state_dict", None)
-        for name, tower in ((TEXT_DIR, self.text_model), (VISION_DIR, self.vision_model)):
-            sub = None
-            if state_dict is not None:  # e.g. gathered from ZeRO-3 shards by the caller
+        subs: dict[str, dict | None] = {TEXT_DIR: None, VISION_DIR: None}
+        if state_dict is not None:  # e.g. gathered from ZeRO-3 shards by the caller
+            for name in subs:
                 prefix = f"{name}_model."
-                sub = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            tower.save_pretrained(os.path.join(save_directory, name), *args, state_dict=sub, **kwargs)
+                subs[name] = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            stray = sorted(
+                k
+                for k in state_dict
+                if k != "logit_scale" and not k.startswith(("text_model.", "vision_model."))
+            )
+            if stray or "logit_scale" not in state_dict:
+                raise ValueError(
+                    f"state_dict is not a TaiyiModel's: {stray[:3] or 'no logit_scale'} (unwrap the loss module first)"
+                )
+        elif self.logit_scale.numel() == 0:
+            raise ValueError("the parameters are ZeRO-3 partitions: pass the gathered state_dict")
+        for name, tower in ((TEXT_DIR, self.text_model), (VISION_DIR, self.vision_model)):
+            tower.save_pretrained(os.path.join(save_directory, name), *args, state_dict=subs[name], **kwargs)
+        if not kwargs.get("is_main_process", True):
+            return
         scale = state_dict["logit_scale"] if state_dict is not None else self.logit_scale
         config = self.config.to_dict()
         config["logit_scale_init_value"] = float(scale)
@@ -214,24 +238,32 @@ class TaiyiModel(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """A folder :meth:`save_pretrained` wrote: the two towers from their subfolders, the
-        temperature and switches from ``config.json`` (keyword overrides such as
-        ``freeze_vision=True`` apply)."""
+        temperature and switches from its ``config.json``, with keyword overrides (such as
+        ``freeze_vision=True``) applied, also through ``AutoModel.from_pretrained``, which passes
+        the config it read with them; ``dtype``/``device_map`` go to both towers."""
         folder = str(pretrained_model_name_or_path)
-        kwargs.pop("config", None)
-        overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in TaiyiConfig.__dataclass_fields__}
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            saved = json.load(f)
-        more = {
-            k: saved[k]
-            for k in ("logit_scale_init_value", "logit_scale_max", "freeze_vision", "initializer_range")
-            if k in saved
-        }
-        return from_released(
+        config = kwargs.pop("config", None)
+        if not isinstance(config, TaiyiConfig):
+            config, kwargs = TaiyiConfig.from_pretrained(folder, return_unused_kwargs=True, **kwargs)
+        load = {k: v for k, v in kwargs.items() if k in LOAD_KWARGS}  # hub plumbing (revision, ...) unused
+        model = from_released(
             os.path.join(folder, TEXT_DIR),
             os.path.join(folder, VISION_DIR),
-            **{**more, **overrides},
-            **kwargs,
+            **{k: getattr(config, k) for k in PAIR_FIELDS},
+            **load,
         )
+        if config.projection_dim != model.config.projection_dim:
+            raise ValueError(
+                f"projection_dim={config.projection_dim} asked, but the towers in {folder} project to "
+                f"{model.config.projection_dim} (a shape comes from the weights, not from an override)"
+            )
+        return model
+
+
+# the pair's own config fields (the towers' shapes come from their folders)
+PAIR_FIELDS = ("logit_scale_init_value", "logit_scale_max", "freeze_vision", "initializer_range")
+# keyword arguments passed through to both towers' from_pretrained
+LOAD_KWARGS = ("dtype", "torch_dtype", "device_map", "low_cpu_mem_usage")
 
 
 def from_released(text_folder: str, vision_folder: str, **more: Any) -> TaiyiModel:
@@ -239,7 +271,10 @@ def from_released(text_folder: str, vision_folder: str, **more: Any) -> TaiyiMod
     whose ``num_labels`` is the projection size) and a CLIP folder (openai's
     ``clip-vit-base-patch32`` layout, or a ``vision/`` folder fs_ray saved). The CLIP folder's
     own ``logit_scale`` is the starting temperature where it has one."""
-    load_kwargs = {k: more.pop(k) for k in ("dtype", "device_map") if k in more}
+    load_kwargs = {k: more.pop(k) for k in LOAD_KWARGS if k in more}
+    unknown = sorted(set(more) - set(PAIR_FIELDS))
+    if unknown:
+        raise TypeError(f"from_released does not take {unknown} (the towers' shapes come from their folders)")
     text = BertForSequenceClassification.from_pretrained(text_folder, **load_kwargs)
     config, whole_clip = vision_config(vision_folder)
     with _transformers_quiet(whole_clip):  # a whole CLIP folder's (English) text tower is not ours to load
@@ -262,7 +297,8 @@ def from_released(text_folder: str, vision_folder: str, **more: Any) -> TaiyiMod
     with torch.device("meta"):
         model = TaiyiModel(config)
     model.text_model, model.vision_model = text, vision
-    model.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value), dtype=text.dtype))
+    # the temperature stays fp32 on the text tower's device (bf16 would round 2.6592 to 2.6562)
+    model.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value), device=text.device))
     if config.freeze_vision:
         model.freeze_vision()
     return model.eval()
@@ -306,7 +342,7 @@ def _checkpoint_tensor(folder: str, name: str) -> torch.Tensor | None:
             return f.get_tensor(name) if name in names else None
     path = os.path.join(folder, "pytorch_model.bin")
     if os.path.exists(path):
-        return torch.load(path, map_location="cpu", weights_only=True).get(name)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(name)
     return None
 
 

@@ -137,6 +137,10 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
         return x, 0
     from torch.distributed.nn.functional import all_gather
 
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    if len({int(n) for n in sizes}) > 1:
+        raise ValueError(f"contrastive batches differ across ranks ({[int(n) for n in sizes]} rows): equal shards needed")
     parts = all_gather(x.contiguous())
     return torch.cat(parts), dist.get_rank() * x.shape[0]
 
@@ -148,12 +152,12 @@ def contrastive_loss(text: torch.Tensor, image: torch.Tensor, scale: torch.Tenso
     (B, D) embeddings, ``scale`` the (clamped, exponentiated) temperature. With ``W`` ranks of
     ``b`` rows each, the ranks' mean loss (and, after data-parallel averaging, the gradients) are
     those of one process holding all ``W * b`` pairs."""
+    text, image = text.float(), image.float()  # bf16 logits at scale 100 would step by 0.5
     all_text, start = gather_with_grad(text)
     all_image, _ = gather_with_grad(image)
     targets = torch.arange(start, start + text.shape[0], device=text.device)
     per_text = scale * text @ all_image.t()  # (b, W*b)
     per_image = scale * image @ all_text.t()
     return (
-        nn.functional.cross_entropy(per_text.float(), targets)
-        + nn.functional.cross_entropy(per_image.float(), targets)
+        nn.functional.cross_entropy(per_text, targets) + nn.functional.cross_entropy(per_image, targets)
     ) / 2

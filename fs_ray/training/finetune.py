@@ -220,6 +220,24 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
 
 
+def epoch_batches(rows: dict, size: int, seed: int, start: int):
+    """Collated micro-batches of ``rows`` (columns) from micro-batch ``start`` of an endless
+    stream of epochs, each a permutation seeded by ``seed`` and the epoch number: a run resumed
+    after ``start`` micro-batches continues exactly where the uninterrupted one would be."""
+    import numpy as np
+
+    from fs_ray.data.encoding import collate_rows
+
+    n = len(rows["uid"])
+    epoch, skip = divmod(start, max(math.ceil(n / size), 1))
+    while True:
+        order = np.random.default_rng([seed & 0xFFFFFFFF, epoch]).permutation(n)
+        for i, lo in enumerate(range(0, n, size)):
+            if i >= skip:
+                yield collate_rows({k: v[order[lo : lo + size]] for k, v in rows.items()})
+        epoch, skip = epoch + 1, 0
+
+
 class FinetuneWork:
     """What the worker loop needs for one task/method/split: the method's model and loss, the
     encoded training rows epoch after epoch (seeded shuffle), dev evaluated and checkpointed every
@@ -292,22 +310,13 @@ class FinetuneWork:
         import ray.train
 
         shard = ray.train.get_dataset_shard("train")
-        epoch, skip = divmod(start, self.steps_per_epoch * self.optim.grad_accum)
         if self.info["train_rows"] > CACHE_MAX_ROWS * self.world:
+            # whole data epochs of batches_per_epoch micro-batches, one after the other (an
+            # optimizer step may span two when grad_accum does not divide an epoch)
+            epoch, skip = divmod(start, max(self.info["batches_per_epoch"], 1))
             yield from self._streamed(shard, epoch, skip)
             return
-        import numpy as np
-
-        from fs_ray.data.encoding import collate_rows
-
-        rows = self._read_shard(shard)
-        n, size = len(rows["uid"]), self.optim.micro_batch_size
-        while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-            for i, lo in enumerate(range(0, n, size)):
-                if i >= skip:
-                    yield collate_rows({k: v[order[lo : lo + size]] for k, v in rows.items()})
-            epoch, skip = epoch + 1, 0
+        yield from epoch_batches(self._read_shard(shard), self.optim.micro_batch_size, self.seed, start)
 
     @staticmethod
     def _read_shard(shard) -> dict:
@@ -318,7 +327,7 @@ class FinetuneWork:
         for b in shard.iter_batches(batch_size=4096, batch_format="numpy"):
             for k, v in b.items():
                 parts.setdefault(k, []).append(v)
-        rows = {k: np.concatenate(v) for k, v in parts.items()}
+        rows = {k: np.concatenate(parts.pop(k)) for k in list(parts)}
         by_uid = np.argsort(rows["uid"], kind="stable")
         return {k: v[by_uid] for k, v in rows.items()}
 
@@ -407,7 +416,9 @@ class FinetuneWork:
         dev = self.dev if self.dev is not None else self._outputs(engine, "dev")
         test = self._outputs(engine, "test")
         # the largest resident memory any worker reached (Linux counts ru_maxrss in KiB)
-        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64)
+        peak = torch.tensor(
+            [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0], dtype=torch.float64, device=engine.device
+        )  # on the engine's device: NCCL reduces only GPU tensors
         if world > 1:
             dist.all_reduce(peak, op=dist.ReduceOp.MAX)
         if rank != 0:
@@ -535,6 +546,7 @@ def run_neural(
         "yes_id": enc.yes,
         "epochs": epochs,
         "steps_per_epoch": steps_per_epoch,
+        "batches_per_epoch": batches_per_epoch,
         "total_steps": total_steps,
         "train_rows": len(train_rows),
         "dev_rows": len(dev_rows),

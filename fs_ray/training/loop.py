@@ -106,8 +106,10 @@ class Progress:
             self.writer = SummaryWriter(work.tensorboard_dir)
 
     def add(self, loss: torch.Tensor, tokens: int, parts: dict[str, torch.Tensor] | None = None) -> None:
-        if self.loss_sum is None or self.loss_sum.device != loss.device:
+        if self.loss_sum is None:
             self.loss_sum = torch.zeros((), dtype=torch.float64, device=loss.device)
+        elif self.loss_sum.device != loss.device:
+            self.loss_sum = self.loss_sum.to(loss.device)
         self.loss_sum.add_(loss.detach())
         self.loss_n += 1
         self.tokens += tokens

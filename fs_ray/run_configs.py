@@ -303,9 +303,77 @@ class CheckpointSection(Section):
     )
 
 
+class PairSource(Section):
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Image-text pairs: JSON lines ({image: path relative to the file or a URI, text}), parquet "
+        "(image bytes or {bytes, path} structs + a caption column) or WebDataset .tar shards (<key>.jpg/.png + "
+        "<key>.txt); files, folders or globs, local or object-store URIs. Generate a real set with "
+        "python -m fs_ray.data.digits.",
+    )
+    format: Literal["auto", "jsonl", "parquet", "webdataset"] = Field(
+        "auto", description="auto: by extension (.jsonl/.json, .parquet, .tar)."
+    )
+    image_field: str = Field("image", description="Image field, column or WebDataset extension.")
+    text_field: str = Field("text", description="Caption field, column or WebDataset extension.")
+    tokenizer: str = Field(
+        "bert-chinese",
+        description="Caption tokenizer (builtin name, vocab.txt, tokenizer.json or folder); with "
+        "model.from_pretrained the model's own.",
+    )
+    max_text_len: PositiveInt = Field(32, description="Caption tokens, [CLS] and [SEP] included.")
+    max_image_mb: float = Field(20.0, gt=0, description="Larger encoded images are counted as image_too_large.")
+    max_bad_fraction: Fraction = Field(
+        0.05,
+        description="Unusable pairs (malformed line, missing field, unreadable / non-image / truncated / too "
+        "large image, empty caption) are counted by reason and skipped; past this fraction the run stops "
+        "and names them.",
+    )
+    shuffle_buffer: NonNegInt = Field(
+        4096, description="Pairs each worker shuffles in a local buffer (plus file order per epoch); 0: none."
+    )
+    decode_cpus: float = Field(
+        1.0,
+        ge=0,
+        description="CPUs each Ray Data decode task reserves (images are real work: on a cluster they run on "
+        "the CPUs the training workers leave free, any node). The cluster needs num_workers x "
+        "cpus_per_worker + decode_cpus CPUs; 0 reserves none (decoding then competes with training).",
+    )
+
+
+class ZeroShotSection(Section):
+    paths: list[str] = Field(
+        default_factory=list,
+        description="Labelled held-out pairs (same formats as data.pairs, with label_field): their images are "
+        "classified zero-shot from classes x templates, and image<->text retrieval is scored on the pairs.",
+    )
+    label_field: str = Field("label", description="Integer class index field (into classes).")
+    classes: list[str] = Field(default_factory=list, description="Class names rendered into the templates.")
+    templates: list[str] = Field(
+        default_factory=lambda: ["{}"],
+        description="Prompt templates, {} = class name; each class's text embedding is the mean over them.",
+    )
+    batch_size: PositiveInt = Field(256, description="Images or texts per forward pass.")
+
+    @model_validator(mode="after")
+    def _complete(self) -> ZeroShotSection:
+        if self.paths and not self.classes:
+            raise ValueError("classes: the class names are needed to classify zero-shot")
+        bad = [t for t in self.templates if "{}" not in t]
+        if bad:
+            raise ValueError(f"templates: each needs a {{}} for the class name: {bad}")
+        return self
+
+
 class PretrainData(Section):
     prepared_dir: str = Field(
         "data/prepared/demo", description="Folder written by jobs/prepare.py (has manifest.json)."
+    )
+    pairs: PairSource | None = Field(
+        None, description="Image-text pairs for the contrastive objective (Taiyi) instead of a prepared corpus."
+    )
+    zero_shot: ZeroShotSection | None = Field(
+        None, description="Held-out labelled pairs scored after training (zero-shot accuracy, retrieval R@1/5/10)."
     )
 
 
@@ -326,6 +394,21 @@ class PretrainConfig(Section):
     checkpoint: CheckpointSection = Field(
         default_factory=CheckpointSection, description="Checkpointing and restarts."
     )
+
+    @model_validator(mode="after")
+    def _data_fits_the_objective(self) -> PretrainConfig:
+        from fs_ray.objectives import get_objective
+
+        wants_pairs = get_objective(self.model.objective_name).pairs
+        if wants_pairs and (self.data.pairs is None or not self.data.pairs.paths):
+            raise ValueError(
+                f"data.pairs.paths: objective {self.model.objective_name} trains on image-text pairs; name them"
+            )
+        if not wants_pairs and self.data.pairs is not None:
+            raise ValueError(
+                f"data.pairs: objective {self.model.objective_name} trains on a prepared corpus (data.prepared_dir)"
+            )
+        return self
 
 
 def _methods_help() -> str:

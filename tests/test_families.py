@@ -28,6 +28,8 @@ def _count(family: str, preset: str, vocab_size: int = 0) -> int:
     cfg = f.config(preset, vocab_size, 128, {"pad": 0, "sep": 102})
     with torch.device("meta"):  # shapes only: the 3.5B presets cost no memory
         model = f.build(OBJECTIVES[f.default_objective].auto_class, cfg)
+    if f.published_params:  # the part a published count names (Taiyi's: the text tower)
+        return f.published_params(model)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -58,6 +60,8 @@ def test_the_released_checkpoints_the_issue_names_are_presets():
         "Zhouwenwang-Unified-110M",
         "Zhouwenwang-Unified-1.3B",
         "Bigan-Transformer-XL-denoise-1.1B",
+        "Taiyi-CLIP-Roberta-102M-Chinese",
+        "Taiyi-CLIP-Roberta-large-326M-Chinese",
     ):
         assert f"IDEA-CCNL/{name}" in published, name
     # exact figures where the released config is known: Randeng-T5 (mT5 shapes, 32596 pieces, untied head)
@@ -65,7 +69,11 @@ def test_the_released_checkpoints_the_issue_names_are_presets():
     assert _count("randeng", "784m") == 784_108_544
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+# families trained on a prepared token corpus (Taiyi's image-text objective: tests/test_taiyi_pairs.py)
+TEXT_FAMILIES = [f.name for f in FAMILIES.values() if not OBJECTIVES[f.default_objective].pairs]
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
 def test_each_family_objective_runs_forward_and_backward(family):
     f = FAMILIES[family]
     batches, special, vocab = demo_batches(f.tokenizer)
@@ -131,6 +139,7 @@ def test_model_types_map_back_to_their_family():
     assert family_for_model_type("pegasus").name == "randeng-pegasus"
     assert family_for_model_type("zhouwenwang").name == "zhouwenwang"
     assert family_for_model_type("transfo_xl_denoise").name == "bigan"
+    assert family_for_model_type("taiyi_clip").name == "taiyi"
     assert family_for_model_type("clip") is None
 
 

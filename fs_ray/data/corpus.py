@@ -414,8 +414,9 @@ def tokenize_and_pack(texts: list[str], cfg: PrepareConfig) -> tuple[pa.Table, i
 class PrepareStats:
     """Counters shared by every task (a Ray actor); also decides when bad input stops the job."""
 
-    def __init__(self, max_bad_fraction: float):
+    def __init__(self, max_bad_fraction: float, reasons: tuple[str, ...] = BAD_REASONS):
         self.max_bad_fraction = max_bad_fraction
+        self.reasons = reasons  # the counts that make a record bad (the rest are kept or cleaned)
         self.counts: Counter = Counter()
         self.first_bad: list[dict] = []
         self.bad_by_file: Counter = Counter()  # "file\treason" -> records
@@ -432,7 +433,7 @@ class PrepareStats:
         return self.aborted
 
     def bad_fraction(self) -> float:
-        return sum(self.counts[r] for r in BAD_REASONS) / max(1, self.counts["records"])
+        return sum(self.counts[r] for r in self.reasons) / max(1, self.counts["records"])
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -474,9 +475,14 @@ class DedupShard:
 
 
 def bad_fraction_message(
-    counts: dict[str, int], first_bad: list[dict], limit: float, bad_by_file: dict[str, int] | None = None
+    counts: dict[str, int],
+    first_bad: list[dict],
+    limit: float,
+    bad_by_file: dict[str, int] | None = None,
+    reasons: tuple[str, ...] = BAD_REASONS,
+    field: str = "max_bad_fraction",
 ) -> str:
-    bad = {r: counts.get(r, 0) for r in BAD_REASONS if counts.get(r, 0)}
+    bad = {r: counts.get(r, 0) for r in reasons if counts.get(r, 0)}
     total = sum(bad.values())
     lines = [
         f"{total} of {counts.get('records', 0)} records are malformed "
@@ -485,7 +491,7 @@ def bad_fraction_message(
         "first bad records, by file and reason:",
     ]
     lines += bad_example_lines(first_bad, bad_by_file or {})
-    lines.append("Fix or remove them, or raise max_bad_fraction (--set max_bad_fraction=0.2).")
+    lines.append(f"Fix or remove them, or raise {field.rsplit('.', 1)[-1]} (--set {field}=0.2).")
     return "\n".join(lines)
 
 

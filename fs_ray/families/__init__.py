@@ -14,6 +14,7 @@ from fs_ray.families import (
     randeng,
     randeng_bart,
     randeng_pegasus,
+    taiyi,
     wenzhong,
     yuyuan,
     zhouwenwang,
@@ -31,6 +32,7 @@ FAMILIES: dict[str, Family] = {
         randeng_pegasus.FAMILY,
         zhouwenwang.FAMILY,
         bigan.FAMILY,
+        taiyi.FAMILY,
     )
 }
 

@@ -56,6 +56,9 @@ class Family:
     # architecture names of released config.json files that say nothing of their head, and what
     # fs_ray reads them as (Bigan's TransfoXLDenoiseModel is a causal LM)
     architecture_kinds: dict[str, str] = field(default_factory=dict)
+    # model -> the parameters a preset's published count names (None: the whole model); Taiyi's
+    # 102M/326M name the text tower alone
+    published_params: Callable[[Any], int] | None = None
 
     @property
     def default_objective(self) -> str:

@@ -104,6 +104,7 @@ def make_config(
 @dataclass
 class TaiyiOutput(ModelOutput):
     loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None  # logits_per_text, what export re-runs to verify itself
     logits_per_text: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
@@ -126,7 +127,9 @@ class TaiyiModel(PreTrainedModel):
         super().__init__(config)
         self.text_model = BertForSequenceClassification(config.text_config)
         self.vision_model = CLIPVisionModelWithProjection(config.vision_config)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value)))
+        # shape (1,), not CLIP's 0-dim scalar: DeepSpeed's initial broadcast views every parameter
+        # as bytes, which a 0-dim tensor cannot be
+        self.logit_scale = nn.Parameter(torch.tensor([float(config.logit_scale_init_value)]))
         self.post_init()
         if config.freeze_vision:
             self.freeze_vision()
@@ -167,7 +170,7 @@ class TaiyiModel(PreTrainedModel):
         """exp of the temperature, its value capped at ``logit_scale_max`` as CLIP caps it (CLIP
         clamps the parameter after each step); the gradient passes the cap unchanged, so a
         temperature pushed past it can come back (a plain clamp would give it none)."""
-        raw = self.logit_scale.float()
+        raw = self.logit_scale.float().squeeze()
         over = (raw - float(self.config.logit_scale_max)).clamp(min=0).detach()
         return (raw - over).exp()
 
@@ -196,6 +199,7 @@ class TaiyiModel(PreTrainedModel):
         loss = contrastive_loss(text, image, scale) if return_loss else None
         return TaiyiOutput(
             loss=loss,
+            logits=logits_per_text,
             logits_per_text=logits_per_text,
             logits_per_image=logits_per_text.t(),
             text_embeds=text,
@@ -298,7 +302,7 @@ def from_released(text_folder: str, vision_folder: str, **more: Any) -> TaiyiMod
         model = TaiyiModel(config)
     model.text_model, model.vision_model = text, vision
     # the temperature stays fp32 on the text tower's device (bf16 would round 2.6592 to 2.6562)
-    model.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init_value), device=text.device))
+    model.logit_scale = nn.Parameter(torch.tensor([float(config.logit_scale_init_value)], device=text.device))
     if config.freeze_vision:
         model.freeze_vision()
     return model.eval()

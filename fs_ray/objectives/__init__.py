@@ -1,6 +1,6 @@
 """Pretraining objectives and fine-tuning methods, each an object in one table.
 
-- :data:`OBJECTIVES` (``mlm``, ``clm``, ``span``, ``bart``, ``gsg``): :mod:`fs_ray.objectives.pretraining`, built on
+- :data:`OBJECTIVES` (``mlm``, ``clm``, ``span``, ``bart``, ``gsg``, ``unified``, ``denoise``, ``contrastive``): :mod:`fs_ray.objectives.pretraining`, built on
   the pure batch transforms of :mod:`fs_ray.objectives.masking`.
 - :data:`METHODS` (``head``, ``unimc``, ``unimc_zero``, ``tfidf``, ``seq2seq``, ``clm``, ``lead``): :mod:`fs_ray.objectives.methods`.
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from fs_ray.objectives.methods import METHODS, Method
 from fs_ray.objectives.pretraining import (
     CausalLM,
+    Contrastive,
     Denoise,
     GapSentences,
     Objective,
@@ -23,7 +24,7 @@ from fs_ray.objectives.pretraining import (
 
 OBJECTIVES: dict[str, Objective] = {
     o.name: o
-    for o in (WholeWordMLM(), CausalLM(), SpanCorruption(), TextInfilling(), GapSentences(), UnifiedLM(), Denoise())
+    for o in (WholeWordMLM(), CausalLM(), SpanCorruption(), TextInfilling(), GapSentences(), UnifiedLM(), Denoise(), Contrastive())
 }
 
 __all__ = ["METHODS", "OBJECTIVES", "Method", "Objective", "get_method", "get_objective"]

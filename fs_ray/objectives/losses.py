@@ -86,6 +86,19 @@ class ModelLoss(nn.Module):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
 
 
+class ContrastiveLoss(nn.Module):
+    """Taiyi: the dual encoder's own symmetric InfoNCE over the global batch (``return_loss``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, pixel_values):
+        return self.model(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values, return_loss=True
+        ).loss
+
+
 class HeadLoss(nn.Module):
     """Task head: the Hugging Face model's own logits, cross-entropy at sequence, choice or token level."""
 

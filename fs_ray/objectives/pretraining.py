@@ -24,6 +24,7 @@ class Objective:
     loss_parts: tuple[str, ...] = ()
     # rates a config may set under ``model.objective_options`` (name -> default)
     options: ClassVar[dict[str, float]] = {}
+    pairs = False  # True: trained on image-text pairs (data.pairs), not on a prepared token corpus
 
     def check_options(self, given: dict[str, Any]) -> str | None:
         """Why ``model.objective_options`` does not fit this objective (None: it does)."""
@@ -406,3 +407,30 @@ class Denoise(Objective):
             "attention_mask": torch.from_numpy(mask),
             "labels": torch.from_numpy(labels),
         }
+
+
+class Contrastive(Objective):
+    """Taiyi's CLIP objective: each micro-batch is image–text pairs (``pixels`` uint8 NHWC from
+    :mod:`fs_ray.data.images`, caption ``input_ids``); the loss is symmetric InfoNCE of every
+    rank's texts against the images of the whole global batch and back
+    (:func:`fs_ray.objectives.losses.contrastive_loss`). Reads pairs, not a packed corpus."""
+
+    name = "contrastive"
+    summary = "Taiyi: image-text pairs, symmetric InfoNCE over the global batch (features all-gathered)"
+    auto_class = "AutoModel"
+    probe_keys = ("input_ids", "attention_mask", "pixel_values")
+    pairs = True  # fed by image-text pairs (data.pairs), not by a prepared token corpus
+
+    def inputs(self, batch, special, vocab_size, gen, options=None, ctx=None):
+        from fs_ray.data.images import normalize
+
+        return {
+            "input_ids": batch["input_ids"].long(),
+            "attention_mask": batch["attention_mask"].long(),
+            "pixel_values": normalize(batch["pixels"]),
+        }
+
+    def wrap(self, model):
+        from fs_ray.objectives.losses import ContrastiveLoss
+
+        return ContrastiveLoss(model)

@@ -299,6 +299,14 @@ def pretrain(cfg: PretrainConfig, log=print, trace_dir: str | None = None) -> di
     """
     import ray
 
+    if get_objective(cfg.model.objective_name).pairs:  # Taiyi: image-text pairs, not a token corpus
+        from fs_ray.training.contrastive import PairsError, pretrain_pairs
+
+        try:
+            return pretrain_pairs(cfg, log)
+        except PairsError as err:
+            raise PretrainError(str(err)) from None
+
     p = plan(cfg)
     corpus: PreparedCorpus = p["corpus"]
     out = p["run_dir"]

@@ -19,6 +19,7 @@ from typing import Any
 
 from fs_ray.families.base import Family, Preset
 from fs_ray.families.erlangshen import BERT_CHINESE_VOCAB
+from fs_ray.families.erlangshen import _bert as _tower  # the same four fields name a ViT's shape
 
 PAIR_KEYS = ("projection_dim", "freeze_vision", "logit_scale_init_value", "logit_scale_max")
 
@@ -33,16 +34,6 @@ def taiyi_config(shape: dict[str, Any], seq_len: int, special: dict[str, Any]):
     text.setdefault("max_position_embeddings", max(512, seq_len))
     text["pad_token_id"] = special.get("pad") or 0
     return make_config(text, vision, projection, **pair)
-
-
-def _tower(hidden: int, layers: int, heads: int, ffn: int, **more: Any) -> dict[str, Any]:
-    return {
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": ffn,
-        **more,
-    }
 
 
 def _pair(text: dict[str, Any], vision: dict[str, Any], projection_dim: int) -> dict[str, Any]:

@@ -36,9 +36,9 @@ from fs_ray.data.images import (
 )
 from fs_ray.objectives import get_objective
 from fs_ray.run_configs import PairSource, PretrainConfig, ZeroShotSection
-from fs_ray.training import checkpoint as layout
 from fs_ray.training.engine import deepspeed_config, model_width, resolve_precision
 from fs_ray.training.loop import fit
+from fs_ray.training.pretrain import PretrainWork
 
 SAMPLE_RECORDS = 64  # pairs the plan decodes on the driver before asking for workers
 
@@ -175,9 +175,10 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # worker side
 # ---------------------------------------------------------------------------------------------
-class PairsWork:
+class PairsWork(PretrainWork):
     """The loop's work for contrastive pretraining: the dual encoder under the objective's loss,
-    batches of pairs from this rank's equal share of the stream, epoch after epoch."""
+    batches of pairs from this rank's equal share of the stream, epoch after epoch. Set-up,
+    checkpoint schedule, report and checkpoint files are pretraining's (:class:`PretrainWork`)."""
 
     label = "pretrain"
     id_key = "input_ids"
@@ -199,11 +200,6 @@ class PairsWork:
         self.trace_dir = None
         self.tensorboard_dir = self.metrics_path = None
         self.epoch, self.in_epoch = 0, 0  # batches this rank has trained in the current epoch
-
-    def setup(self, rank: int, world: int) -> None:
-        if rank == 0 and not storage.is_uri(self.run_dir):
-            self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
-            self.tensorboard_dir = os.path.join(self.run_dir, "tensorboard")
 
     def build(self):
         from fs_ray.families import build_model
@@ -247,14 +243,8 @@ class PairsWork:
     def inputs(self, batch, gen):
         return self.objective.inputs(batch, {}, 0, gen)
 
-    def checkpoint_due(self, step: int) -> bool:
-        return step % self.cfg.checkpoint.every_n_steps == 0 or step == self.total_steps
-
     def evaluate(self, engine, step: int, train_loss: float) -> dict:
         return {"epoch": self.epoch}
-
-    def report(self, step: int) -> dict:
-        return {"batches": step * self.optim.grad_accum}
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "in_epoch": self.in_epoch}
@@ -268,14 +258,6 @@ class PairsWork:
             "special_ids": special_ids(self.tokenizer_json),
         }
 
-    def checkpoint_files(self) -> dict[str, str | bytes]:
-        return {
-            layout.TOKENIZER_FILE: self.tokenizer_json,
-            **{f"{layout.ORIGINAL_TOKENIZER_DIR}/{k}": v for k, v in self.tokenizer_originals.items()},
-        }
-
-    def finish(self, engine, rank: int, world: int) -> None:
-        return None
 
 
 def special_ids(tokenizer_json: str) -> dict[str, int]:

@@ -23,14 +23,17 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 
-if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
-  # the web page test runs headless Debian chromium (a browser download is not possible here)
+cjk_font() { command -v fc-list >/dev/null && [ -n "$(fc-list :lang=zh 2>/dev/null)" ]; }
+if [ -n "$extras" ] && { [ ! -x /usr/bin/chromium ] || ! cjk_font; }; then
+  # the web page tests run headless Debian chromium (a browser download is not possible here),
+  # with a Chinese font so the page's Chinese renders as glyphs, not boxes
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   if command -v apt-get >/dev/null; then
-    echo "== installing Debian chromium for the web page test"
-    $sudo apt-get install -y -q chromium >/dev/null || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+    echo "== installing Debian chromium and a CJK font (WenQuanYi Micro Hei) for the web page tests"
+    pkgs=(chromium fonts-wqy-microhei)
+    $sudo apt-get install -y -q "${pkgs[@]}" >/dev/null || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q "${pkgs[@]}" >/dev/null; }
   else
-    echo "== warning: no apt-get; install chromium at /usr/bin/chromium for tests/test_serve.py" >&2
+    echo "== warning: no apt-get; install chromium at /usr/bin/chromium and a CJK font for tests/test_serve*.py" >&2
   fi
 fi
 

@@ -723,6 +723,12 @@ class ServeModels(Section):
         description="A Bigan folder (pretrained with the denoise objective, or released): /v1/correct when a "
         "request names no fine-tuned corrector (MLM-corrector and Bigan correction exports are in models.tasks).",
     )
+    image_text: str | None = Field(
+        None,
+        description="A Taiyi export (the contrastive pretraining's export folder): /v1/image/embed, "
+        "/v1/text/embed and zero-shot /v1/image/classify (its run's zero-shot classes and templates are the "
+        "default labels).",
+    )
 
 
 class ServeBatching(Section):
@@ -760,6 +766,14 @@ class ServeLimits(Section):
     )
     max_beams: PositiveInt = Field(
         4, description="Upper bound on generate's num_beams (beam search cost grows with it)."
+    )
+    max_image_mb: float = Field(
+        8.0, gt=0, description="Largest encoded image a request may carry (MB; more: 413). Images of more "
+        "than PIL's decompression-bomb pixel count are refused whatever their size."
+    )
+    max_images: PositiveInt = Field(16, description="Most images in one request (more: 413).")
+    max_labels: PositiveInt = Field(
+        64, description="Most candidate labels (and most templates) in one image-classify request (more: 413)."
     )
 
 
@@ -812,8 +826,8 @@ class ServeConfig(Section):
     @model_validator(mode="after")
     def _consistent(self) -> ServeConfig:
         m = self.models
-        if not (m.fill_mask or m.tasks or m.generate or m.correct):
-            raise ValueError("models: give at least one of fill_mask, tasks, generate, correct")
+        if not (m.fill_mask or m.tasks or m.generate or m.correct or m.image_text):
+            raise ValueError("models: give at least one of fill_mask, tasks, generate, correct, image_text")
         if self.batching.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(
                 f"batching.max_ongoing_requests ({self.batching.max_ongoing_requests}) must be >= "

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from fs_ray.data.digits import CLASSES
 from fs_ray.data.tokenization import load_tokenizer, special_ids
 from fs_ray.families import get_family
 
@@ -141,3 +142,27 @@ def corrector_folder(out: Path, method: str = "mlm_correct", seed: int = 0, max_
             "question": "", "max_len": max_len, "truncation": "head", "prompt": "", "max_target_len": 20,
             "decoding": dict(DECODING), "trained_on": "tests"}  # fmt: skip
     return _save(auto.from_config(_config(family, "tiny", tok)), tok, out, card)
+
+
+DIGITS = list(CLASSES)
+
+
+def taiyi_folder(out: Path, seed: int = 0, classes: list[str] | None = None, templates: list[str] | None = None,
+                 max_text_len: int = 16) -> Path:  # fmt: skip
+    """A tiny Taiyi export as contrastive pretraining writes it: ``text/`` + ``vision/`` towers,
+    the pair's config, tokenizer, CLIP preprocessing and the image-text card (zero-shot classes)."""
+    from fs_ray.serving.inference import IMAGE_TEXT_CARD
+    from fs_ray.training.contrastive import write_preprocessor
+
+    tok = load_tokenizer("bert-chinese")
+    from fs_ray.models.taiyi import TaiyiModel
+
+    torch.manual_seed(seed)
+    model = TaiyiModel(_config("taiyi", "tiny", tok, seq_len=64))
+    _save(model, tok, out)
+    write_preprocessor(str(out), int(model.config.vision_config.image_size))
+    card = {"max_text_len": max_text_len, "image_size": int(model.config.vision_config.image_size),
+            "classes": classes if classes is not None else DIGITS,
+            "templates": templates or ["一张手写数字{}的图片", "数字{}"], "trained_on": "tests"}  # fmt: skip
+    (out / IMAGE_TEXT_CARD).write_text(json.dumps(card, ensure_ascii=False, indent=2), encoding="utf-8")
+    return out

@@ -79,5 +79,6 @@ FAMILY = Family(
     objectives=("contrastive",),
     operations=("image_embed", "text_embed", "image_classify"),
     model_types=("taiyi_clip",),
+    architecture_kinds={"TaiyiModel": "image_text"},
     published_params=text_tower_params,
 )

@@ -234,7 +234,7 @@ class TaiyiModel(PreTrainedModel):
             return
         scale = state_dict["logit_scale"] if state_dict is not None else self.logit_scale
         config = self.config.to_dict()
-        config["logit_scale_init_value"] = float(scale)
+        config["logit_scale_init_value"] = float(torch.as_tensor(scale).detach())
         config["architectures"] = [type(self).__name__]
         with open(os.path.join(save_directory, "config.json"), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, ensure_ascii=False)

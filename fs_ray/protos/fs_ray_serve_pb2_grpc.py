@@ -69,6 +69,21 @@ class FsRayStub:
                 request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectRequest.SerializeToString,
                 response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectReply.FromString,
                 _registered_method=True)
+        self.ImageEmbed = channel.unary_unary(
+                '/fs_ray.serve.v1.FsRay/ImageEmbed',
+                request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageEmbedRequest.SerializeToString,
+                response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.EmbedReply.FromString,
+                _registered_method=True)
+        self.TextEmbed = channel.unary_unary(
+                '/fs_ray.serve.v1.FsRay/TextEmbed',
+                request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.TextEmbedRequest.SerializeToString,
+                response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.EmbedReply.FromString,
+                _registered_method=True)
+        self.ImageClassify = channel.unary_unary(
+                '/fs_ray.serve.v1.FsRay/ImageClassify',
+                request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageClassifyRequest.SerializeToString,
+                response_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageClassifyReply.FromString,
+                _registered_method=True)
         self.Models = channel.unary_unary(
                 '/fs_ray.serve.v1.FsRay/Models',
                 request_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ModelsRequest.SerializeToString,
@@ -130,6 +145,28 @@ class FsRayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImageEmbed(self, request, context):
+        """Taiyi: each image (encoded bytes: PNG, JPEG, ...) as an L2-normalised embedding.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TextEmbed(self, request, context):
+        """Taiyi: each text as an embedding in the same space as the images'.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImageClassify(self, request, context):
+        """Taiyi zero-shot image classification: each image against candidate labels (rendered into
+        prompt templates) -> every label's probability, best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Models(self, request, context):
         """Which models this application serves and their state.
         """
@@ -174,6 +211,21 @@ def add_FsRayServicer_to_server(servicer, server):
                     servicer.Correct,
                     request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectRequest.FromString,
                     response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectReply.SerializeToString,
+            ),
+            'ImageEmbed': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageEmbed,
+                    request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageEmbedRequest.FromString,
+                    response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.EmbedReply.SerializeToString,
+            ),
+            'TextEmbed': grpc.unary_unary_rpc_method_handler(
+                    servicer.TextEmbed,
+                    request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.TextEmbedRequest.FromString,
+                    response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.EmbedReply.SerializeToString,
+            ),
+            'ImageClassify': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImageClassify,
+                    request_deserializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageClassifyRequest.FromString,
+                    response_serializer=fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageClassifyReply.SerializeToString,
             ),
             'Models': grpc.unary_unary_rpc_method_handler(
                     servicer.Models,
@@ -370,6 +422,87 @@ class FsRay:
             '/fs_ray.serve.v1.FsRay/Correct',
             fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectRequest.SerializeToString,
             fs__ray_dot_protos_dot_fs__ray__serve__pb2.CorrectReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImageEmbed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs_ray.serve.v1.FsRay/ImageEmbed',
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageEmbedRequest.SerializeToString,
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.EmbedReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TextEmbed(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs_ray.serve.v1.FsRay/TextEmbed',
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.TextEmbedRequest.SerializeToString,
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.EmbedReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImageClassify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fs_ray.serve.v1.FsRay/ImageClassify',
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageClassifyRequest.SerializeToString,
+            fs__ray_dot_protos_dot_fs__ray__serve__pb2.ImageClassifyReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -431,6 +431,37 @@ def corrector_deployment(cfg: ServeConfig):
     return CorrectorServer
 
 
+@serve.deployment
+class ImageTextServer:
+    """A Taiyi export: image and text embeddings, zero-shot image classification. One call per
+    request (a request carries up to ``limits.max_images`` images, embedded in one forward pass):
+    an image that cannot be decoded refuses its own request only."""
+
+    def __init__(self, folder: str, threads: int, max_image_bytes: int):
+        from fs_ray.serving.inference import ImageText
+
+        _device_setup(threads)
+        self.model = ImageText(folder, max_image_bytes=max_image_bytes)
+        self.calls: Counter[str] = Counter()
+
+    def info(self) -> dict[str, Any]:
+        m = self.model
+        return {"id": m.name, "kind": "image_text", "image_size": m.image_size, "dim": m.dim,
+                "classes": m.classes, "templates": m.templates, "calls": dict(self.calls)}  # fmt: skip
+
+    async def embed_images(self, images: list[bytes]) -> list[list[float]]:
+        self.calls["embed_images"] += 1
+        return await asyncio.to_thread(self.model.embed_images, images)
+
+    async def embed_texts(self, texts: list[str]) -> list[list[float]]:
+        self.calls["embed_texts"] += 1
+        return await asyncio.to_thread(self.model.embed_texts, texts)
+
+    async def classify(self, images: list[bytes], labels: list[str], templates: list[str]) -> list[Any]:
+        self.calls["classify"] += 1
+        return await asyncio.to_thread(self.model.classify, images, labels, templates)
+
+
 # ---------------------------------------------------------------------------------------------
 # HTTP schema
 # ---------------------------------------------------------------------------------------------
@@ -555,6 +586,49 @@ class CorrectResponse(BaseModel):
     results: list[CorrectResult]
 
 
+class TextEmbedRequest(BaseModel):
+    text: TextOrTexts = Field(..., description="A text or a list of texts (at most limits.max_items).")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    dim: int = Field(..., description="Embedding size (the shared image-text space).")
+    embeddings: list[list[float]] = Field(..., description="One L2-normalised vector per input, in order.")
+
+
+class ImageClassifyResponse(BaseModel):
+    model: str
+    results: list[ClassifyResult] = Field(..., description="One per image: best label, every label best first.")
+
+
+def _image_body(with_labels: bool) -> dict[str, Any]:
+    """The OpenAPI request body of an image route: JSON with base64 images, or a multipart form."""
+    images = {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+              "description": "Base64 of an encoded image (PNG, JPEG, GIF, BMP, WebP, TIFF; a data: URL "
+                             "prefix is allowed), or a list of them"}  # fmt: skip
+    json_props: dict[str, Any] = {"image": images}
+    form_props: dict[str, Any] = {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}}
+    if with_labels:
+        labels = {"type": "array", "items": {"type": "string"},
+                  "description": "Candidate labels (default: the model's own zero-shot classes)"}  # fmt: skip
+        templates = {"type": "array", "items": {"type": "string"},
+                     "description": "Prompt templates with {} for the label (default: the model's own)"}  # fmt: skip
+        json_props.update(labels=labels, templates=templates)
+        form_props.update(
+            labels={"type": "string", "description": "Labels, comma separated (or the field repeated)"},
+            templates={"type": "string", "description": "Templates, one per line (or the field repeated)"},
+        )
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"type": "object", "required": ["image"], "properties": json_props}},
+                "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": form_props}},
+            },
+        }
+    }
+
+
 api = FastAPI(
     title="fs_ray",
     version="1",
@@ -606,7 +680,7 @@ def _page() -> str:
 # the gateway (ingress): HTTP routes and gRPC methods over the same core
 # ---------------------------------------------------------------------------------------------
 GRPC_CODES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 413: "RESOURCE_EXHAUSTED",
-              422: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
+              415: "INVALID_ARGUMENT", 422: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}
 
 
 @serve.deployment
@@ -621,10 +695,11 @@ class Gateway:
         registry: dict[str, dict[str, Any]],
         names: dict[str, str],
         corrector: DeploymentHandle | None = None,
+        image_text: DeploymentHandle | None = None,
     ):
         self.cfg = ServeConfig.model_validate(cfg)
         self.fill_mask_h, self.tasks_h, self.generator_h = fill_mask, tasks, generator
-        self.corrector_h = corrector
+        self.corrector_h, self.image_text_h = corrector, image_text
         self.registry = registry
         self.names = names
         self.default_model = self.cfg.models.default_task_model or (sorted(registry)[0] if registry else None)
@@ -852,6 +927,145 @@ class Gateway:
         model_id = self._task_model(named, None, "corrector")
         return {"model": model_id, "results": await self._forward(("correct", model_id), texts, None)}
 
+    # ---- images (Taiyi) ------------------------------------------------------------------------
+    def _image_list(self, images: list[bytes]) -> list[bytes]:
+        lim = self.cfg.limits
+        if not images:
+            raise ServeError(422, "image", "no image given")
+        if len(images) > lim.max_images:
+            raise ServeError(413, "image", f"{len(images)} images in one request; the limit is {lim.max_images}")
+        limit = int(lim.max_image_mb * 2**20)
+        for i, data in enumerate(images):
+            name = "image" if len(images) == 1 else f"image[{i}]"
+            if not data:
+                raise ServeError(422, name, "empty file")
+            if len(data) > limit:
+                raise ServeError(
+                    413, name, f"{len(data):,} bytes; the limit is {lim.max_image_mb:g} MB (limits.max_image_mb)"
+                )
+        return images
+
+    def _base64_images(self, value: Any) -> list[bytes]:
+        import base64
+        import binascii
+
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise ServeError(422, "image", "must be a base64 string or a list of them (or upload files as multipart)")
+        if len(items) > self.cfg.limits.max_images:
+            raise ServeError(413, "image", f"{len(items)} images in one request; the limit is {self.cfg.limits.max_images}")
+        out = []
+        for i, item in enumerate(items):
+            name = "image" if isinstance(value, str) else f"image[{i}]"
+            data = item.split(",", 1)[1] if item.startswith("data:") and "," in item else item
+            try:
+                out.append(base64.b64decode("".join(data.split()), validate=True))
+            except (binascii.Error, ValueError):
+                raise ServeError(422, name, "not valid base64") from None
+        return out
+
+    @staticmethod
+    def _split(values: list[str], multiline: bool) -> list[str]:
+        import re
+
+        sep = r"[\r\n]+" if multiline else r"[,，\r\n]+"
+        return [x.strip() for v in values for x in re.split(sep, v) if x.strip()]
+
+    async def _image_request(self, request: Request) -> dict[str, Any]:
+        """``{image, labels, templates}`` of an image route: a JSON body (base64 images, label and
+        template lists) or a multipart form (``image`` files, ``labels`` comma separated or
+        repeated, ``templates`` one per line or repeated). The body's size is checked first."""
+        import json
+
+        lim = self.cfg.limits
+        most = lim.max_images * int(lim.max_image_mb * 2**20) * 4 // 3 + 2**20  # base64 + the rest
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > most:
+            raise ServeError(
+                413, "body", f"{int(length):,} bytes; at most {lim.max_images} images of {lim.max_image_mb:g} MB "
+                "each (limits.max_images, limits.max_image_mb)"
+            )  # fmt: skip
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "multipart/form-data":
+            try:
+                form = await request.form(max_files=lim.max_images + 1, max_fields=2 * lim.max_labels + 8)
+            except StarletteHTTPException as err:  # a malformed form, or past the field/file counts
+                raise ServeError(400, "body", f"cannot read the multipart form: {err.detail}") from None
+            try:
+                images = []
+                for item in form.getlist("image"):
+                    if isinstance(item, str):
+                        raise ServeError(422, "image", "send the image as a file (multipart), or base64 in JSON")
+                    images.append(await item.read())
+                labels = self._split([v for v in form.getlist("labels") if isinstance(v, str)], multiline=False)
+                templates = self._split([v for v in form.getlist("templates") if isinstance(v, str)], multiline=True)
+                texts = [v for v in form.getlist("text") if isinstance(v, str)]
+            finally:
+                await form.close()
+            return {"images": self._image_list(images), "labels": labels, "templates": templates, "text": texts}
+        if kind not in ("application/json", ""):
+            raise ServeError(415, "content-type", f"{kind}: send application/json (base64 images) or multipart/form-data")
+        try:
+            body = json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ServeError(400, "body", f"malformed JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise ServeError(422, "body", "must be a JSON object")
+        if "image" not in body:
+            raise ServeError(422, "image", "field required")
+        out: dict[str, Any] = {"images": self._image_list(self._base64_images(body["image"]))}
+        for key in ("labels", "templates"):
+            value = body.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                raise ServeError(422, key, "must be a list of strings")
+            out[key] = [x.strip() for x in value]
+        return out
+
+    def _labels(self, labels: list[str], templates: list[str]) -> None:
+        lim = self.cfg.limits
+        for key, values in (("labels", labels), ("templates", templates)):
+            if len(values) > lim.max_labels:
+                raise ServeError(413, key, f"{len(values)} given; the limit is {lim.max_labels} (limits.max_labels)")
+            for i, v in enumerate(values):
+                if not v:
+                    raise ServeError(422, f"{key}[{i}]", "empty")
+                if len(v) > lim.max_input_chars:
+                    raise ServeError(413, f"{key}[{i}]", f"longer than {lim.max_input_chars} characters")
+        if labels and len(labels) < 2:
+            raise ServeError(422, "labels", "give at least two candidate labels")
+        if len(set(labels)) != len(labels):
+            raise ServeError(422, "labels", "candidate labels must differ")
+        for i, t in enumerate(templates):
+            if "{}" not in t:
+                raise ServeError(422, f"templates[{i}]", f"{t!r} has no {{}} for the label to go in")
+
+    async def _image_call(self, method: str, *args: Any) -> Any:
+        handle = self._need(self.image_text_h, "image_text")
+        try:
+            return await getattr(handle, method).remote(*args)
+        except Exception as err:  # an image the replica cannot decode: its InputError, as a 4xx
+            raise refused(err) or err from None
+
+    async def _embed_images(self, images: list[bytes]) -> dict[str, Any]:
+        vectors = await self._image_call("embed_images", self._image_list(images))
+        return {"model": self.names["image_text"], "dim": len(vectors[0]), "embeddings": vectors}
+
+    async def _embed_texts(self, text: Any) -> dict[str, Any]:
+        self._need(self.image_text_h, "image_text")
+        vectors = await self._image_call("embed_texts", self._texts(text))
+        return {"model": self.names["image_text"], "dim": len(vectors[0]), "embeddings": vectors}
+
+    async def _classify_images(self, images: list[bytes], labels: list[str], templates: list[str]) -> dict[str, Any]:
+        self._need(self.image_text_h, "image_text")
+        self._labels(labels, templates)
+        result = await self._image_call("classify", self._image_list(images), labels, templates)
+        return {
+            "model": self.names["image_text"],
+            "results": [
+                {"label": label, "scores": [{"label": lb, "score": s} for lb, s in scores]} for label, scores in result
+            ],
+        }
+
     async def _models(self) -> dict[str, Any]:
         models = []
         if self.fill_mask_h is not None:
@@ -860,6 +1074,10 @@ class Gateway:
             models.append({"id": self.names["generate"], "kind": "generator", "task": "generate", "labels": []})
         if self.corrector_h is not None:
             models.append({"id": self.names["correct"], "kind": "corrector", "task": "correct", "labels": []})
+        if self.image_text_h is not None:
+            info = await self.image_text_h.info.remote()
+            models.append({"id": self.names["image_text"], "kind": "image_text",
+                           "task": "image-embed, text-embed, image-classify", "labels": info["classes"]})  # fmt: skip
         for model_id, info in sorted(self.registry.items()):
             models.append(
                 {"id": model_id, "kind": info["kind"], "task": info["task"], "labels": info["labels"],
@@ -879,7 +1097,7 @@ class Gateway:
     @api.get("/readyz", summary="Readiness: every model deployment answers.")
     async def readyz(self) -> JSONResponse:
         checks = {"fill_mask": self.fill_mask_h, "tasks": self.tasks_h, "generate": self.generator_h,
-                  "correct": self.corrector_h}  # fmt: skip
+                  "correct": self.corrector_h, "image_text": self.image_text_h}  # fmt: skip
         state: dict[str, Any] = {}
         ok = True
         for name, handle in checks.items():
@@ -954,6 +1172,34 @@ class Gateway:
             yield f"event: done\ndata: {json.dumps(done, ensure_ascii=False)}\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.post(
+        "/v1/image/embed",
+        response_model=EmbedResponse,
+        summary="Embed images (Taiyi): base64 in JSON, or files in a multipart form.",
+        openapi_extra=_image_body(with_labels=False),
+    )
+    async def image_embed(self, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        self._need(self.image_text_h, "image_text")
+        return await self._embed_images((await self._image_request(request))["images"])
+
+    @api.post("/v1/text/embed", response_model=EmbedResponse, summary="Embed texts into Taiyi's image-text space.")
+    async def text_embed(self, body: TextEmbedRequest, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        return await self._embed_texts(body.text)
+
+    @api.post(
+        "/v1/image/classify",
+        response_model=ImageClassifyResponse,
+        summary="Zero-shot image classification (Taiyi): images plus candidate Chinese labels -> ranked labels.",
+        openapi_extra=_image_body(with_labels=True),
+    )
+    async def image_classify(self, request: Request) -> dict[str, Any]:
+        self._auth(request.headers.get("authorization"))
+        self._need(self.image_text_h, "image_text")
+        body = await self._image_request(request)
+        return await self._classify_images(body["images"], body["labels"], body["templates"])
 
     # ---- gRPC (fs_ray/protos/fs_ray_serve.proto) ---------------------------------------------
     async def _grpc(self, grpc_context, reply_cls, call):
@@ -1075,6 +1321,41 @@ class Gateway:
             grpc_context.set_details(str(err))
             raise
 
+    async def ImageEmbed(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(_mid):
+            out = await self._embed_images(list(request.images))
+            return {"model": out["model"], "dim": out["dim"],
+                    "embeddings": [pb.Embedding(values=v) for v in out["embeddings"]]}  # fmt: skip
+
+        return await self._grpc(grpc_context, pb.EmbedReply, call)
+
+    async def TextEmbed(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(_mid):
+            out = await self._embed_texts(list(request.texts))
+            return {"model": out["model"], "dim": out["dim"],
+                    "embeddings": [pb.Embedding(values=v) for v in out["embeddings"]]}  # fmt: skip
+
+        return await self._grpc(grpc_context, pb.EmbedReply, call)
+
+    async def ImageClassify(self, request, grpc_context):
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        async def call(_mid):
+            labels = [x.strip() for x in request.labels]
+            templates = [x.strip() for x in request.templates]
+            out = await self._classify_images(list(request.images), labels, templates)
+            results = [
+                pb.ClassifyResult(label=r["label"], scores=[pb.LabelScore(**s) for s in r["scores"]])
+                for r in out["results"]
+            ]
+            return {"model": out["model"], "results": results}
+
+        return await self._grpc(grpc_context, pb.ImageClassifyReply, call)
+
     async def Models(self, request, grpc_context):
         from fs_ray.protos import fs_ray_serve_pb2 as pb
 
@@ -1125,7 +1406,7 @@ def build_app(cfg: ServeConfig):
     bad path fails before anything is deployed."""
     m = cfg.models
     threads = cfg.replicas.torch_threads
-    fill_mask = tasks = generator = corrector = None
+    fill_mask = tasks = generator = corrector = image_text = None
     names: dict[str, str] = {}
     registry: dict[str, dict[str, Any]] = {}
     if m.fill_mask:
@@ -1156,11 +1437,22 @@ def build_app(cfg: ServeConfig):
             raise ValueError(f"models.correct: {m.correct} is a {_kind(folder)} model, not a Bigan rewriter")
         names["correct"] = model_name(folder)
         corrector = corrector_deployment(cfg).options(**_deployment_options(cfg, "Corrector")).bind(folder, threads)
+    if m.image_text:
+        folder = _folder(m.image_text, "image_text")
+        if (kind := _kind(folder)) != "image_text":
+            raise ValueError(f"models.image_text: {m.image_text} is a {kind} model, not a Taiyi image-text pair")
+        _check_operation(folder, "image_text", "image_classify")
+        names["image_text"] = model_name(folder)
+        image_text = ImageTextServer.options(**_deployment_options(cfg, "ImageText")).bind(
+            folder, threads, int(cfg.limits.max_image_mb * 2**20)
+        )
     gateway = Gateway.options(
         ray_actor_options={"num_cpus": cfg.replicas.gateway_cpus},
         max_ongoing_requests=max(256, cfg.batching.max_ongoing_requests * 4),
     )
-    return gateway.bind(cfg.model_dump(mode="json"), fill_mask, tasks, generator, registry, names, corrector)
+    return gateway.bind(
+        cfg.model_dump(mode="json"), fill_mask, tasks, generator, registry, names, corrector, image_text
+    )
 
 
 def start_serve(cfg: ServeConfig) -> None:

@@ -10,6 +10,8 @@ on lists of inputs so a caller (``@serve.batch``) can hand it a whole batch at o
   with its labels, max_len and truncation, so serving encodes inputs as training did).
 - :class:`Generator` — a causal LM (Wenzhong/Yuyuan GPT2) or seq2seq model (Randeng T5).
 - :class:`Corrector` — spelling correction by an MLM-corrector export or a Bigan rewriter.
+- :class:`ImageText` — a Taiyi (Chinese CLIP) export: image and text embeddings, and zero-shot
+  image classification from candidate labels rendered into prompt templates.
 
 Bad input raises :class:`InputError` naming the field; the Serve layer turns it into a 4xx.
 """
@@ -688,4 +690,126 @@ class Corrector(_Base):
             corrected = "".join(fixed[pos : pos + len(ps)])
             pos += len(ps)
             out.append({"text": corrected, "changes": edits(text, corrected, in_place=self.mode == "mlm")})
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Taiyi: image and text embeddings, zero-shot image classification
+# ---------------------------------------------------------------------------------------------
+IMAGE_TEXT_CARD = "fs_ray_image_text.json"  # what a Taiyi export was trained with (contrastive.py)
+
+
+def read_image_text_card(folder: str) -> dict[str, Any]:
+    """The export's card: ``max_text_len``, ``image_size``, and the zero-shot ``classes`` and
+    ``templates`` its run scored with ({} for a released folder, which has none)."""
+    path = os.path.join(folder, IMAGE_TEXT_CARD)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_templates(templates: list[str], field: str = "templates") -> None:
+    for i, t in enumerate(templates):
+        if "{}" not in t:
+            raise InputError(f"{field}[{i}]", f"{t!r} has no {{}} for the label to go in")
+
+
+class ImageText(_Base):
+    """A Taiyi export (or any folder :class:`~fs_ray.models.taiyi.TaiyiModel` loads): images are
+    decoded and cropped as training decoded them (:func:`fs_ray.data.images.load_image`), texts
+    tokenized as training tokenized captions (``[CLS] text [SEP]``, at most ``max_text_len``).
+    Embeddings are L2-normalised; classification scores are CLIP's softmax over the temperature-
+    scaled cosine similarities, each label's prompts (one per template) embedded and averaged."""
+
+    def __init__(self, folder: str, max_len: int | None = None, max_image_bytes: int = 8 * 2**20, model=None):
+        from fs_ray.models import register
+
+        register()
+        card = read_image_text_card(folder)
+        super().__init__(folder, int(max_len or card.get("max_text_len") or 512))
+        self.config = read_config(folder)
+        if model is None:
+            from transformers import AutoModel
+
+            model = AutoModel.from_pretrained(folder, local_files_only=True)
+        if not hasattr(model, "get_image_features") or not hasattr(model, "scale"):
+            raise ValueError(f"{folder}: a {type(model).__name__}, not a Taiyi image-text pair")
+        self.device = device()
+        self.model = model.eval().to(self.device)
+        text_config = self.model.config.text_config
+        self.max_len = min(self.max_len, int(text_config.max_position_embeddings))
+        self.image_size = int(self.model.config.vision_config.image_size)
+        self.max_image_bytes = max_image_bytes
+        self.classes: list[str] = list(card.get("classes") or [])
+        self.templates: list[str] = list(card.get("templates") or ["{}"])
+        self.dim = int(self.model.config.projection_dim)
+
+    def pixels(self, images: list[bytes], field: str = "image") -> np.ndarray:
+        """Encoded images -> uint8 ``(n, size, size, 3)``; an image that cannot be used raises
+        :class:`InputError` naming it and why (413 when it is too large)."""
+        from fs_ray.data.images import BadPair, load_image
+
+        out = []
+        for i, data in enumerate(images):
+            try:
+                out.append(load_image(data, self.image_size, self.max_image_bytes))
+            except BadPair as err:
+                name = field if len(images) == 1 else f"{field}[{i}]"
+                raise InputError(name, f"{err.reason}: {err}", 413 if err.reason == "image_too_large" else 422) from None
+        return np.stack(out)
+
+    @torch.no_grad()
+    def image_features(self, pixels: np.ndarray, batch: int = 64) -> torch.Tensor:
+        from fs_ray.data.images import normalize
+
+        feats = []
+        for i in range(0, len(pixels), batch):
+            f = self.model.get_image_features(normalize(pixels[i : i + batch]).to(self.device))
+            feats.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
+        return torch.cat(feats)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str], batch: int = 64) -> torch.Tensor:
+        from fs_ray.data.images import encode_captions
+
+        feats = []
+        for i in range(0, len(texts), batch):
+            enc = encode_captions(texts[i : i + batch], self.folder, self.max_len)
+            mask = torch.as_tensor(enc["attention_mask"]).long()
+            width = int(mask.sum(1).max())
+            f = self.model.get_text_features(
+                torch.as_tensor(enc["input_ids"]).long()[:, :width].to(self.device), mask[:, :width].to(self.device)
+            )
+            feats.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
+        return torch.cat(feats)
+
+    def class_features(self, labels: list[str], templates: list[str]) -> torch.Tensor:
+        """Each label rendered into every template, embedded, averaged and renormalised."""
+        prompts = [t.replace("{}", label) for label in labels for t in templates]
+        mean = self.text_features(prompts).view(len(labels), len(templates), -1).mean(1)
+        return torch.nn.functional.normalize(mean, dim=-1)
+
+    def embed_images(self, images: list[bytes]) -> list[list[float]]:
+        return self.image_features(self.pixels(images)).tolist()
+
+    def embed_texts(self, texts: list[str]) -> list[list[float]]:
+        return self.text_features(texts).tolist()
+
+    @torch.no_grad()
+    def classify(
+        self, images: list[bytes], labels: list[str] | None = None, templates: list[str] | None = None
+    ) -> list[tuple[str, list[tuple[str, float]]]]:
+        """For each image: the best label and every label's probability, best first."""
+        labels = list(labels or self.classes)
+        if len(labels) < 2:
+            raise InputError("labels", "give at least two candidate labels (this model has no default set)")
+        templates = list(templates or self.templates)
+        check_templates(templates)
+        image = self.image_features(self.pixels(images))
+        probs = (float(self.model.scale()) * image @ self.class_features(labels, templates).t()).softmax(-1)
+        out = []
+        for row in probs.tolist():
+            ranked = _ranked(labels, row)
+            out.append((ranked[0][0], ranked))
         return out

@@ -380,6 +380,7 @@ def pretrain_pairs(cfg: PretrainConfig, log=print) -> dict[str, Any]:
             export_dir = os.path.join(out, "export") if not storage.is_uri(out) else os.path.abspath("export")
             summary["export"] = export_checkpoint(ckpt, export_dir)
         write_preprocessor(summary["export"], p["spec"].image_size)
+        write_card(summary["export"], cfg, p["spec"].image_size)
     log(
         f"[pretrain] done: step {result.metrics.get('step')}  loss {result.metrics.get('loss', float('nan')):.4f}  "
         f"checkpoint {summary['checkpoint']}  export {summary['export']}"
@@ -417,6 +418,23 @@ def write_preprocessor(export_dir: str, image_size: int) -> None:
         json.dump(config, f, indent=2)
 
 
+def write_card(export_dir: str, cfg: PretrainConfig, image_size: int) -> None:
+    """What serving needs to embed as training did (``fs_ray_image_text.json``): the caption
+    length, the image size, and the run's zero-shot classes and templates as the default label set."""
+    from fs_ray.serving.inference import IMAGE_TEXT_CARD
+
+    zs = cfg.data.zero_shot
+    card = {
+        "max_text_len": cfg.data.pairs.max_text_len,
+        "image_size": image_size,
+        "classes": list(zs.classes) if zs and zs.classes else [],
+        "templates": list(zs.templates) if zs and zs.classes else ["{}"],
+        "trained_on": cfg.run.name,
+    }
+    with open(os.path.join(export_dir, IMAGE_TEXT_CARD), "w", encoding="utf-8") as f:
+        json.dump(card, f, indent=2, ensure_ascii=False)
+
+
 # ---------------------------------------------------------------------------------------------
 # zero-shot classification and retrieval
 # ---------------------------------------------------------------------------------------------
@@ -449,43 +467,17 @@ def recall_at(similarity: np.ndarray, relevant: np.ndarray, ks=(1, 5, 10)) -> di
     return {f"R@{k}": float(hits[:, :k].any(axis=1).mean()) for k in ks}
 
 
-def score(model, tokenizer_source: str, pairs: dict[str, Any], zs: ZeroShotSection, max_text_len: int) -> dict[str, Any]:
-    """Zero-shot accuracy of the unique images and retrieval Recall@1/5/10 both ways."""
-    import torch
-
-    from fs_ray.data.images import encode_captions, normalize
-
-    device = next(model.parameters()).device
-    model.eval()
-
-    def texts_embedded(texts: list[str]) -> torch.Tensor:
-        out = []
-        for i in range(0, len(texts), zs.batch_size):
-            enc = encode_captions(texts[i : i + zs.batch_size], tokenizer_source, max_text_len)
-            with torch.no_grad():
-                feats = model.get_text_features(
-                    torch.as_tensor(enc["input_ids"]).long().to(device),
-                    torch.as_tensor(enc["attention_mask"]).long().to(device),
-                )
-            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
-        return torch.cat(out)
-
+def score(pair, pairs: dict[str, Any], zs: ZeroShotSection) -> dict[str, Any]:
+    """Zero-shot accuracy of the unique images and retrieval Recall@1/5/10 both ways, by
+    ``pair`` (a :class:`~fs_ray.serving.inference.ImageText`: the code serving runs)."""
     first = {}
     for i, key in enumerate(pairs["keys"]):
         first.setdefault(key, i)
     image_rows = list(first.values())
-    images = pairs["pixels"][image_rows]
     labels = pairs["labels"][image_rows]
-    feats = []
-    for i in range(0, len(images), zs.batch_size):
-        with torch.no_grad():
-            f = model.get_image_features(normalize(images[i : i + zs.batch_size]).to(device))
-        feats.append(torch.nn.functional.normalize(f.float(), dim=-1).cpu())
-    image_emb = torch.cat(feats)
+    image_emb = pair.image_features(pairs["pixels"][image_rows], zs.batch_size)
     # zero-shot: each class's prompts embedded, averaged and renormalised
-    prompts = [t.replace("{}", c) for c in zs.classes for t in zs.templates]
-    class_emb = texts_embedded(prompts).view(len(zs.classes), len(zs.templates), -1).mean(1)
-    class_emb = torch.nn.functional.normalize(class_emb, dim=-1)
+    class_emb = pair.class_features(list(zs.classes), list(zs.templates))
     predicted = (image_emb @ class_emb.t()).argmax(1).numpy()
     correct = predicted == labels
     per_class = {
@@ -499,7 +491,7 @@ def score(model, tokenizer_source: str, pairs: dict[str, Any], zs: ZeroShotSecti
     relevant = np.zeros((len(image_rows), len(texts)), dtype=bool)
     for key, caption in zip(pairs["keys"], pairs["captions"], strict=True):
         relevant[image_index[key], text_index[caption]] = True
-    similarity = (image_emb @ texts_embedded(texts).t()).numpy()
+    similarity = (image_emb @ pair.text_features(texts, zs.batch_size).t()).numpy()
     return {
         "images": len(image_rows),
         "classes": len(zs.classes),
@@ -520,17 +512,12 @@ def score(model, tokenizer_source: str, pairs: dict[str, Any], zs: ZeroShotSecti
 
 def evaluate_export(export_dir: str, files: list[str], fmt: str, zs: ZeroShotSection, source: PairSource) -> dict:
     """Load the exported pair and score it on the zero-shot set (run as a Ray task)."""
-    import torch
-    from transformers import AutoModel
+    from fs_ray.serving.inference import ImageText
 
-    from fs_ray.models import register
-
-    register()
     t0 = time.monotonic()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModel.from_pretrained(export_dir).to(device)
-    spec = pair_spec(source, fmt, int(model.config.vision_config.image_size), export_dir, zs.label_field)
-    scores = score(model, export_dir, load_pairs(files, spec), zs, source.max_text_len)
+    pair = ImageText(export_dir, max_len=source.max_text_len)
+    spec = pair_spec(source, fmt, pair.image_size, export_dir, zs.label_field)
+    scores = score(pair, load_pairs(files, spec), zs)
     scores["seconds"] = round(time.monotonic() - t0, 1)
     scores["model"] = export_dir
     return scores

@@ -9,7 +9,9 @@ is a fine-tuning export, a folder of them, or a whole fine-tuning run directory 
 <task>/<method>/split_<k>/export becomes a model id such as eprstmt-head-split_few_all, served
 from one multiplexed deployment: /v1/classify, /v1/ner, /v1/generate and /v1/correct for
 fine-tuned generators and correctors); models.generate is a GPT2/T5/BART/Pegasus/Zhouwenwang export
-(/v1/generate); models.correct is a Bigan export (/v1/correct by rewriting). The application outlives this job: it keeps serving until `serve shutdown` or
+(/v1/generate); models.correct is a Bigan export (/v1/correct by rewriting); models.image_text is a
+Taiyi export (/v1/image/embed, /v1/text/embed, /v1/image/classify: images as base64 JSON or
+multipart uploads). The application outlives this job: it keeps serving until `serve shutdown` or
 `cluster/local.sh down`. Model folders must be readable from every node (shared storage on a
 multi-node cluster).
 
@@ -53,6 +55,8 @@ def main(cfg: ServeConfig) -> int:
     if cfg.models.fill_mask:
         print(f"[serve] try: curl -s {base}/v1/fill-mask -H 'Content-Type: application/json' "
               "-d '{\"text\": \"今天天气很[MASK]。\"}'")
+    if cfg.models.image_text:
+        print(f"[serve] try: curl -s {base}/v1/image/classify -F image=@<a .png or .jpg> -F labels=猫,狗,花")
     return 0
 
 

@@ -189,3 +189,49 @@ def test_two_ranks_of_b_pairs_give_one_rank_of_2b_pairs_loss_and_gradients(tmp_p
     # without the gather each rank would only see its own half as negatives: a different loss
     half = model(input_ids=ids[:4], attention_mask=mask[:4], pixel_values=pixels[:4], return_loss=True)
     assert not math.isclose(float(half.loss), float(whole.loss), rel_tol=1e-3)
+
+
+def test_released_pair_exported_by_the_cli_serves_what_taiyi_and_clip_compute(tmp_path):
+    """``jobs/export.py --taiyi TEXT CLIP OUT`` writes the released towers as one folder that
+    serving loads; its embeddings are Taiyi's text logits and CLIP's image features, normalised."""
+    import io
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from fs_ray.data.images import load_image, normalize
+    from fs_ray.data.tokenization import load_tokenizer
+    from fs_ray.serving.inference import ImageText
+
+    text_dir = released.taiyi_text(tmp_path / "taiyi", projection=32)
+    clip_dir = released.openai_clip(tmp_path / "clip", projection=32)
+    out = tmp_path / "taiyi-pair"
+    proc = subprocess.run(
+        [sys.executable, "jobs/export.py", "--taiyi", str(text_dir), str(clip_dir), str(out)],
+        cwd=os.path.dirname(os.path.dirname(__file__)), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    served = ImageText(str(out))
+    assert served.classes == [] and served.templates == ["{}"]
+    texts = ["一只猫", "北京的天安门广场"]
+    ids = [load_tokenizer(str(text_dir)).encode(t).ids for t in texts]
+    taiyi = transformers.BertForSequenceClassification.from_pretrained(text_dir).eval()
+    with torch.no_grad():
+        want = torch.cat([taiyi(torch.tensor([row])).logits for row in ids])
+    got = torch.tensor(served.embed_texts(texts))
+    assert torch.allclose(got, torch.nn.functional.normalize(want, dim=-1), atol=1e-5)
+
+    photo = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(photo, "PNG")
+    clip = transformers.CLIPModel.from_pretrained(clip_dir).eval()
+    pixels = load_image(photo.getvalue(), served.image_size, 2**20)[None]
+    with torch.no_grad():
+        image = clip.get_image_features(pixel_values=normalize(pixels))
+    image = getattr(image, "pooler_output", image)
+    got = torch.tensor(served.embed_images([photo.getvalue()]))
+    assert torch.allclose(got, torch.nn.functional.normalize(image, dim=-1), atol=1e-5)
+    (label, ranked), = served.classify([photo.getvalue()], ["猫", "狗"])
+    assert label == ranked[0][0] and abs(sum(p for _, p in ranked) - 1) < 1e-5

@@ -138,24 +138,44 @@ class UniMCLoss(nn.Module):
         return nn.functional.cross_entropy(self.logits(input_ids, attention_mask, token_type_ids, mask_pos, option_ids), label)
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather along rows whose backward gives each rank the sum of every rank's gradient for
+    its own rows (an all-reduce of the gathered gradient, then this rank's slice). Written here
+    because ``torch.distributed.nn.functional.all_gather`` warns it is deprecated on every call."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x)
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Every rank's ``x`` (equal shapes) concatenated in rank order, and where this rank's rows
     start. The gather is differentiable: in backward each rank's rows receive the gradient every
-    rank's loss sends them (``torch.distributed.nn``'s all-gather reduces the gradients), so the
-    data-parallel average of the ranks' gradients is the gradient of the mean of their losses.
-    A single process (or no process group) returns ``x`` itself."""
+    rank's loss sends them (summed over ranks), so the data-parallel average of the ranks'
+    gradients is the gradient of the mean of their losses. A single process (or no process
+    group) returns ``x`` itself."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
-    from torch.distributed.nn.functional import all_gather
-
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
     if len({int(n) for n in sizes}) > 1:
         raise ValueError(f"contrastive batches differ across ranks ({[int(n) for n in sizes]} rows): equal shards needed")
-    parts = all_gather(x.contiguous())
-    return torch.cat(parts), dist.get_rank() * x.shape[0]
+    return _GatherRows.apply(x.contiguous()), dist.get_rank() * x.shape[0]
 
 
 def contrastive_loss(text: torch.Tensor, image: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

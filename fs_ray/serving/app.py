@@ -449,17 +449,26 @@ class ImageTextServer:
         return {"id": m.name, "kind": "image_text", "image_size": m.image_size, "dim": m.dim,
                 "classes": m.classes, "templates": m.templates, "calls": dict(self.calls)}  # fmt: skip
 
-    async def embed_images(self, images: list[bytes]) -> list[list[float]]:
-        self.calls["embed_images"] += 1
-        return await asyncio.to_thread(self.model.embed_images, images)
+    async def _run(self, name: str, *args: Any) -> Any:
+        """The model's answer, or ``{"refused": ...}`` for an input it cannot use (a user's bad
+        image is a 4xx to send back, not an error for the replica's log)."""
+        from fs_ray.serving.inference import InputError
 
-    async def embed_texts(self, texts: list[str]) -> list[list[float]]:
-        self.calls["embed_texts"] += 1
-        return await asyncio.to_thread(self.model.embed_texts, texts)
+        self.calls[name] += 1
+        try:
+            return await asyncio.to_thread(getattr(self.model, name), *args)
+        except InputError as err:
+            self.calls["refused"] += 1
+            return {"refused": [err.status, err.field, err.message]}
 
-    async def classify(self, images: list[bytes], labels: list[str], templates: list[str]) -> list[Any]:
-        self.calls["classify"] += 1
-        return await asyncio.to_thread(self.model.classify, images, labels, templates)
+    async def embed_images(self, images: list[bytes]) -> Any:
+        return await self._run("embed_images", images)
+
+    async def embed_texts(self, texts: list[str]) -> Any:
+        return await self._run("embed_texts", texts)
+
+    async def classify(self, images: list[bytes], labels: list[str], templates: list[str]) -> Any:
+        return await self._run("classify", images, labels, templates)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1041,10 +1050,10 @@ class Gateway:
 
     async def _image_call(self, method: str, *args: Any) -> Any:
         handle = self._need(self.image_text_h, "image_text")
-        try:
-            return await getattr(handle, method).remote(*args)
-        except Exception as err:  # an image the replica cannot decode: its InputError, as a 4xx
-            raise refused(err) or err from None
+        result = await getattr(handle, method).remote(*args)
+        if isinstance(result, dict) and "refused" in result:  # e.g. an image the replica cannot decode
+            raise ServeError(*result["refused"])
+        return result
 
     async def _embed_images(self, images: list[bytes]) -> dict[str, Any]:
         vectors = await self._image_call("embed_images", self._image_list(images))

@@ -380,7 +380,9 @@ def pretrain_pairs(cfg: PretrainConfig, log=print) -> dict[str, Any]:
             export_dir = os.path.join(out, "export") if not storage.is_uri(out) else os.path.abspath("export")
             summary["export"] = export_checkpoint(ckpt, export_dir)
         write_preprocessor(summary["export"], p["spec"].image_size)
-        write_card(summary["export"], cfg, p["spec"].image_size)
+        zs = cfg.data.zero_shot
+        classes, templates = (list(zs.classes), list(zs.templates)) if zs else ([], [])
+        write_card(summary["export"], source.max_text_len, p["spec"].image_size, classes, templates, cfg.run.name)
     log(
         f"[pretrain] done: step {result.metrics.get('step')}  loss {result.metrics.get('loss', float('nan')):.4f}  "
         f"checkpoint {summary['checkpoint']}  export {summary['export']}"
@@ -418,21 +420,45 @@ def write_preprocessor(export_dir: str, image_size: int) -> None:
         json.dump(config, f, indent=2)
 
 
-def write_card(export_dir: str, cfg: PretrainConfig, image_size: int) -> None:
+def write_card(
+    export_dir: str, max_text_len: int, image_size: int, classes: list[str], templates: list[str], trained_on: str
+) -> None:
     """What serving needs to embed as training did (``fs_ray_image_text.json``): the caption
     length, the image size, and the run's zero-shot classes and templates as the default label set."""
     from fs_ray.serving.inference import IMAGE_TEXT_CARD
 
-    zs = cfg.data.zero_shot
     card = {
-        "max_text_len": cfg.data.pairs.max_text_len,
+        "max_text_len": max_text_len,
         "image_size": image_size,
-        "classes": list(zs.classes) if zs and zs.classes else [],
-        "templates": list(zs.templates) if zs and zs.classes else ["{}"],
-        "trained_on": cfg.run.name,
+        "classes": list(classes),
+        "templates": list(templates) if classes else ["{}"],
+        "trained_on": trained_on,
     }
     with open(os.path.join(export_dir, IMAGE_TEXT_CARD), "w", encoding="utf-8") as f:
         json.dump(card, f, indent=2, ensure_ascii=False)
+
+
+def export_released_pair(text_folder: str, clip_folder: str, out: str, max_text_len: int | None = None) -> str:
+    """A released Taiyi text tower and an openai CLIP folder written as one pair folder in the
+    layout fs_ray's export has (``text/``, ``vision/``, the pair's config, the text tower's
+    tokenizer, CLIP's preprocessing, the card): what ``models.image_text``, ``AutoModel`` and
+    ``model.from_pretrained`` take. ``max_text_len``: caption tokens (default: the text tower's
+    position count, at most 512)."""
+    import shutil
+
+    from fs_ray.data.tokenization import load_tokenizer
+    from fs_ray.models.taiyi import from_released
+
+    pair = from_released(text_folder, clip_folder)
+    pair.save_pretrained(out)
+    load_tokenizer(text_folder).save(os.path.join(out, "tokenizer.json"))
+    if os.path.isfile(os.path.join(text_folder, "vocab.txt")):
+        shutil.copy(os.path.join(text_folder, "vocab.txt"), os.path.join(out, "vocab.txt"))
+    image_size = int(pair.config.vision_config.image_size)
+    write_preprocessor(out, image_size)
+    length = max_text_len or min(512, int(pair.config.text_config.max_position_embeddings))
+    write_card(out, length, image_size, [], [], f"released: {text_folder} + {clip_folder}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

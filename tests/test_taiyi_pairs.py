@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -275,3 +276,33 @@ def test_taiyi_trains_across_two_workers_survives_a_killed_worker_and_classifies
     preprocessor = json.loads((run_dir / "export" / "preprocessor_config.json").read_text())
     assert preprocessor["crop_size"] == {"height": 16, "width": 16}
     assert model.config.model_type == "taiyi_clip" and model.logit_scale.numel() == 1
+    card = json.loads((run_dir / "export" / "fs_ray_image_text.json").read_text(encoding="utf-8"))
+    assert card["max_text_len"] == 16 and card["image_size"] == 16 and card["classes"][7] == "七"
+
+    # Taiyi's recipe from that export: continue the text tower against the frozen image tower
+    # (model.from_pretrained given relative to the working directory, as a user types it)
+    cont = load_config(
+        PretrainConfig,
+        "jobs/configs/pretrain_taiyi_digits.yaml",
+        [
+            f"run.storage_path={tmp_path / 'runs'}",
+            "run.name=taiyi-frozen",
+            f"model.from_pretrained={os.path.relpath(export)}",
+            "model.overrides={freeze_vision: true}",
+            f"data.pairs.paths=[{out / 'train.parquet'}]",
+            "data.zero_shot=null",
+            "optim.max_steps=20",
+            "optim.warmup_steps=2",
+            "checkpoint.every_n_steps=20",
+        ],
+    )
+    again = pretrain(cont)
+    assert again["metrics"]["step"] == 20
+    from safetensors.torch import load_file
+
+    before_v, after_v = (load_file(os.path.join(d, "vision", "model.safetensors")) for d in (export, again["export"]))
+    before_t, after_t = (load_file(os.path.join(d, "text", "model.safetensors")) for d in (export, again["export"]))
+    assert before_v.keys() == after_v.keys() and all(torch.equal(before_v[k], after_v[k]) for k in before_v)
+    assert any(not torch.equal(before_t[k], after_t[k]) for k in before_t)  # the text tower trained
+    card = json.loads((tmp_path / "runs" / "taiyi-frozen" / "export" / "fs_ray_image_text.json").read_text("utf-8"))
+    assert card["classes"] == [] and card["trained_on"] == "taiyi-frozen"

@@ -123,9 +123,14 @@ def plan(cfg: PretrainConfig) -> dict[str, Any]:
         raise PairsError(str(err)) from None
     tokenizer = source.tokenizer
     if cfg.model.from_pretrained:
-        from fs_ray.pretrained import resolve
+        from fs_ray.pretrained import PretrainedError, resolve
 
-        tokenizer = resolve(cfg.model.from_pretrained)  # the model's own (an export's tokenizer.json)
+        try:
+            tokenizer = resolve(cfg.model.from_pretrained)  # the model's own (an export's tokenizer.json)
+        except PretrainedError as err:
+            raise PairsError(f"model.from_pretrained: {err}") from None
+        if not storage.is_uri(cfg.model.from_pretrained) and os.path.isdir(tokenizer):
+            cfg.model.from_pretrained = absolute(tokenizer)  # workers may start in another folder
     try:
         from fs_ray.data.tokenization import load_tokenizer
 
@@ -256,7 +261,16 @@ class PairsWork(PretrainWork):
             "objective_options": {},
             "family": self.cfg.model.family,
             "special_ids": special_ids(self.tokenizer_json),
+            "image_text": image_text_card(self.cfg),  # export writes it beside the weights
         }
+
+
+def image_text_card(cfg: PretrainConfig) -> dict[str, Any]:
+    """The export card's run-side fields (:func:`write_card`; the image size comes from the model)."""
+    zs = cfg.data.zero_shot
+    classes, templates = (list(zs.classes), list(zs.templates)) if zs else ([], [])
+    return {"max_text_len": cfg.data.pairs.max_text_len, "classes": classes, "templates": templates,
+            "trained_on": cfg.run.name}  # fmt: skip
 
 
 
@@ -379,10 +393,6 @@ def pretrain_pairs(cfg: PretrainConfig, log=print) -> dict[str, Any]:
         with result.checkpoint.as_directory() as ckpt:
             export_dir = os.path.join(out, "export") if not storage.is_uri(out) else os.path.abspath("export")
             summary["export"] = export_checkpoint(ckpt, export_dir)
-        write_preprocessor(summary["export"], p["spec"].image_size)
-        zs = cfg.data.zero_shot
-        classes, templates = (list(zs.classes), list(zs.templates)) if zs else ([], [])
-        write_card(summary["export"], source.max_text_len, p["spec"].image_size, classes, templates, cfg.run.name)
     log(
         f"[pretrain] done: step {result.metrics.get('step')}  loss {result.metrics.get('loss', float('nan')):.4f}  "
         f"checkpoint {summary['checkpoint']}  export {summary['export']}"

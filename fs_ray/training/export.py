@@ -22,14 +22,21 @@ from fs_ray.training.checkpoint import DS_TAG
 
 
 def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
-    if zero_stage > 0:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
     files = glob.glob(os.path.join(checkpoint_dir, DS_TAG, "mp_rank_00_model_states.pt"))
     if not files:
         raise FileNotFoundError(f"{checkpoint_dir}/{DS_TAG}/mp_rank_00_model_states.pt not found")
-    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    if zero_stage == 0:
+        return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    weights = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
+    if zero_stage < 3:
+        # parameters without gradients (a frozen tower, e.g. Taiyi's image tower) are in no
+        # optimizer partition: ZeRO-1/2 keep them whole in the module states, unchanged since loading
+        module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        for key, value in module.items():
+            weights.setdefault(key, value)
+    return weights
 
 
 def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
@@ -76,6 +83,12 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
         state["special_ids"],
         {n: os.path.join(originals, n) for n in os.listdir(originals)} if os.path.isdir(originals) else {},
     )
+    if "image_text" in state:  # Taiyi: CLIP's preprocessing and the run's caption length and classes
+        from fs_ray.training.contrastive import write_card, write_preprocessor
+
+        size = int(model.config.vision_config.image_size)
+        write_preprocessor(out_dir, size)
+        write_card(out_dir, image_size=size, **state["image_text"])
     card = layout.read_task_card(checkpoint_dir)
     if card is not None:  # a fine-tuned model: what serving and evaluation need to encode as training did
         with open(os.path.join(out_dir, layout.TASK_FILE), "w", encoding="utf-8") as f:

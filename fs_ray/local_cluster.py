@@ -35,18 +35,129 @@ DEFAULT_ROOT = Path(os.environ.get("FS_RAY_CLUSTER_ROOT", "/tmp/fs_ray"))
 STATE_FILE = "cluster.json"
 
 
+BLOCK = 1000  # ports one node's layout spans from its base
+
+
+def node_ports(base: int, head: bool = False) -> dict[str, range]:
+    """Every port one Ray node opens, laid out from ``base``, by the name of its ``ray start``
+    flag (workers at base+100..base+999; the head adds the client server at base+1). base+2 and
+    base+3 are free for a head's GCS and dashboard (:func:`reserve_ports` puts them there)."""
+    ports = {"ray-client-server-port": range(base + 1, base + 2)} if head else {}
+    for i, name in enumerate(("node-manager-port", "object-manager-port", "metrics-export-port",
+                              "runtime-env-agent-port", "dashboard-agent-grpc-port",
+                              "dashboard-agent-listen-port")):  # fmt: skip
+        ports[name] = range(base + 10 + i, base + 11 + i)
+    ports["worker-ports"] = range(base + 100, base + BLOCK)
+    return ports
+
+
 def node_port_flags(base: int) -> list[str]:
-    """The ports one Ray node opens, laid out from ``base`` (workers at base+100..base+999)."""
-    return [
-        f"--node-manager-port={base + 10}",
-        f"--object-manager-port={base + 11}",
-        f"--metrics-export-port={base + 12}",
-        f"--runtime-env-agent-port={base + 13}",
-        f"--dashboard-agent-grpc-port={base + 14}",
-        f"--dashboard-agent-listen-port={base + 15}",
-        f"--min-worker-port={base + 100}",
-        f"--max-worker-port={base + 999}",
+    """The ``ray start`` flags of :func:`node_ports` (the client server's is the head's own)."""
+    ports = node_ports(base)
+    workers = ports.pop("worker-ports")
+    return [f"--{name}={r.start}" for name, r in ports.items()] + [
+        f"--min-worker-port={workers.start}",
+        f"--max-worker-port={workers.stop - 1}",
     ]
+
+
+class PortConflict(ValueError):
+    """Two components of a local cluster were given the same port (or overlapping ranges)."""
+
+
+def port_plan(cluster: LocalCluster, nodes: list[WorkerNode] | tuple = ()) -> dict[str, range]:
+    """Every port the head and ``nodes`` would open, named ``<node>.<component>``."""
+    plan = {"head.gcs-port": range(cluster.gcs_port, cluster.gcs_port + 1),
+            "head.dashboard-port": range(cluster.dashboard_port, cluster.dashboard_port + 1)}  # fmt: skip
+    plan.update({f"head.{k}": v for k, v in node_ports(cluster.port_base, head=True).items()})
+    for node in nodes:
+        plan.update({f"{node.name}.{k}": v for k, v in node_ports(node.port_base).items()})
+    return plan
+
+
+def _show(r: range) -> str:
+    return str(r.start) if len(r) == 1 else f"{r.start}-{r.stop - 1}"
+
+
+def check_ports(cluster: LocalCluster, nodes: list[WorkerNode] | tuple = ()) -> None:
+    """Raise :class:`PortConflict` naming both components when two ports of the head and
+    ``nodes`` meet, or a port is outside 1..65535 — before ``ray start``, which would fail later
+    with a less clear message (or, for a port inside another's worker range, mid-run)."""
+    plan = port_plan(cluster, nodes)
+    for name, r in plan.items():
+        if r.start < 1 or r.stop - 1 > 65535:
+            raise PortConflict(f"{name} {_show(r)} is outside 1-65535")
+    ordered = sorted(plan.items(), key=lambda item: item[1].start)
+    reach_name, reach = ordered[0]
+    for name, r in ordered[1:]:
+        if r.start < reach.stop:
+            raise PortConflict(
+                f"{name} {_show(r)} overlaps {reach_name} {_show(reach)}: give every component its own port "
+                "(--gcs-port, --dashboard-port, --port-base: a node uses base+1..base+999)"
+            )
+        if r.stop > reach.stop:
+            reach_name, reach = name, r
+
+
+def ephemeral_ports() -> range:
+    """The range the OS hands out for port 0 and outgoing connections (Linux's default elsewhere)."""
+    try:
+        low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+        return range(low, high + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+def _bindable(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class PortReservation:
+    """Ports for a head (GCS and dashboard inside its block) and ``node_bases`` for more nodes,
+    one block each, none overlapping and none in the OS's ephemeral range (where a port another
+    program is given by the OS, e.g. a test's ``free_port()``, could land in a worker range).
+    The blocks were free when chosen; nothing holds them until ``ray start`` binds them, so two
+    processes reserving at the same moment can be given the same block."""
+
+    gcs_port: int
+    dashboard_port: int
+    port_base: int
+    node_bases: tuple[int, ...] = ()
+
+    def cluster(self, **kw) -> LocalCluster:
+        return LocalCluster(gcs_port=self.gcs_port, dashboard_port=self.dashboard_port, port_base=self.port_base, **kw)
+
+    def heads(self, *names: str, **kw) -> list[LocalCluster]:
+        """Separate clusters, one per block (the head's, then each node block's)."""
+        bases = (self.port_base, *self.node_bases)[: len(names)]
+        if len(bases) < len(names):
+            raise ValueError(f"{len(names)} clusters need {len(names)} blocks; {len(bases)} reserved")
+        return [LocalCluster(name=n, gcs_port=b + 2, dashboard_port=b + 3, port_base=b, **kw) for n, b in zip(names, bases, strict=True)]
+
+
+def reserve_ports(nodes: int = 0, start: int = 20000, is_free=_bindable) -> PortReservation:
+    """Blocks of :data:`BLOCK` ports from ``start`` (above Ray's default worker ports,
+    10002-19999, used by an in-process ``ray.init``) up to the ephemeral range, whose every
+    port is free now (``is_free``): one for the head, one per extra node."""
+    end = ephemeral_ports().start
+    bases = []
+    for base in range(start, end - BLOCK + 1, BLOCK):
+        if all(is_free(p) for p in range(base + 1, base + BLOCK)):
+            bases.append(base)
+            if len(bases) == nodes + 1:
+                head = bases[0]
+                return PortReservation(head + 2, head + 3, head, tuple(bases[1:]))
+    raise RuntimeError(
+        f"no {nodes + 1} free blocks of {BLOCK} ports between {start} and {end} (below the ephemeral range)"
+    )
 
 
 @dataclass
@@ -129,6 +240,7 @@ class WorkerNode:
         return cmd
 
     def start(self) -> None:
+        check_ports(self.cluster, [self])
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         out = subprocess.run(self.start_command(), env=client_env(), capture_output=True, text=True, timeout=120)
         if out.returncode != 0:
@@ -274,6 +386,10 @@ def up(cluster: LocalCluster, wait_s: float = 90.0, quiet: bool = False) -> dict
     if cluster_processes(cluster):
         say(f"cleaning up a half-started cluster '{cluster.name}' first")
         down(cluster, quiet=True)
+    try:
+        check_ports(cluster)
+    except PortConflict as err:
+        raise RuntimeError(str(err)) from None
     busy = [p for p in (cluster.gcs_port, cluster.dashboard_port) if _port_in_use(p)]
     if busy:
         raise RuntimeError(

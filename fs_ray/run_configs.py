@@ -768,12 +768,18 @@ class ServeLimits(Section):
         4, description="Upper bound on generate's num_beams (beam search cost grows with it)."
     )
     max_image_mb: float = Field(
-        8.0, gt=0, description="Largest encoded image a request may carry (MB; more: 413). Images of more "
-        "than PIL's decompression-bomb pixel count are refused whatever their size."
+        8.0, gt=0, description="Largest encoded image a request may carry (MB; more: 413)."
+    )
+    max_image_pixels: PositiveInt = Field(
+        16 * 2**20,
+        description="Most pixels an image may decode to (its header is read first; more: 413, image_too_large). "
+        "A small file can decode to hundreds of MB: this, not max_image_mb, bounds a replica's memory.",
     )
     max_images: PositiveInt = Field(16, description="Most images in one request (more: 413).")
     max_labels: PositiveInt = Field(
-        64, description="Most candidate labels (and most templates) in one image-classify request (more: 413)."
+        64,
+        description="Most candidate labels, and most templates, in one image-classify request; labels x "
+        "templates at most 4x this (more: 413).",
     )
 
 

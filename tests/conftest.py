@@ -46,22 +46,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def free_port_block(size: int = 1000, start: int = 30000) -> int:
-    """A base port at or above ``start`` whose Ray node ports look free (see LocalCluster.port_base)."""
-    for base in range(start, 60000 - size, size):
-        ok = True
-        for port in (base + 1, base + 10, base + 11, base + 12, base + 13, base + 14, base + 15, base + 100):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
-
-
 @pytest.fixture(scope="module")
 def ray_local():
     """One private local Ray instance for every test that needs Ray but not the job server; started

@@ -16,9 +16,17 @@ from pathlib import Path
 import pytest
 
 from fs_ray.assets import DEMO_CORPUS
-from fs_ray.local_cluster import LocalCluster, client_env, cluster_processes, down, job_server_ready, up
+from fs_ray.local_cluster import (
+    LocalCluster,
+    client_env,
+    cluster_processes,
+    down,
+    job_server_ready,
+    reserve_ports,
+    up,
+)
 
-from .conftest import REPO, free_port, free_port_block
+from .conftest import REPO, free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -29,17 +37,6 @@ def short_root():
     root = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
     yield root
     shutil.rmtree(root, ignore_errors=True)
-
-
-def make_cluster(name: str, root: Path, port_start: int = 30000) -> LocalCluster:
-    return LocalCluster(
-        name=name,
-        root=root,
-        gcs_port=free_port(),
-        dashboard_port=free_port(),
-        port_base=free_port_block(start=port_start),
-        num_cpus=2,
-    )
 
 
 def status_code(cluster: LocalCluster) -> int:
@@ -55,8 +52,7 @@ def status_code(cluster: LocalCluster) -> int:
 def test_up_submit_down_touches_only_its_own_cluster(tmp_path, short_root):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    a = make_cluster("a", short_root)
-    b = make_cluster("b", short_root, port_start=a.port_base + 1000)
+    a, b = reserve_ports(nodes=1).heads("a", "b", root=short_root, num_cpus=2)
     up(b, quiet=True)
     try:
         state = up(a, quiet=True)

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from fs_ray.assets import DEMO_CORPUS
-from fs_ray.local_cluster import LocalCluster, WorkerNode, down, up
+from fs_ray.local_cluster import WorkerNode, down, reserve_ports, up
 
-from .conftest import REPO, free_port, free_port_block
+from .conftest import REPO
 
 pytestmark = pytest.mark.cluster
 
@@ -46,12 +46,9 @@ def test_two_node_pretraining_job_survives_losing_a_node(tmp_path):
     from ray.job_submission import JobSubmissionClient
 
     root = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))  # short: Ray's unix sockets
-    head = LocalCluster(
-        name="mn", root=root, gcs_port=free_port(), dashboard_port=free_port(),
-        port_base=free_port_block(), num_cpus=2,
-    )
-    node = WorkerNode(head, "b", port_base=free_port_block(start=head.port_base + 1000), num_cpus=1,
-                      resources={"fs_ray_node_b": 1})
+    ports = reserve_ports(nodes=2)  # head, node b and its replacement: one block each, none overlapping
+    head = ports.cluster(name="mn", root=root, num_cpus=2)
+    node = WorkerNode(head, "b", port_base=ports.node_bases[0], num_cpus=1, resources={"fs_ray_node_b": 1})
     lost = None
     shared = tmp_path / "shared"  # both nodes see this folder, as they would an NFS/EFS mount
     shared.mkdir()
@@ -91,8 +88,8 @@ def test_two_node_pretraining_job_survives_losing_a_node(tmp_path):
         time.sleep(5)
         # the machine comes back as a new Ray node (new node id; new ports, as a replacement VM
         # would have a new address: a raylet on the dead node's exact address is not rescheduled)
-        lost, node = node, WorkerNode(head, "b2", port_base=free_port_block(start=node.port_base + 1000),
-                                      num_cpus=1, resources={"fs_ray_node_b": 1})
+        lost, node = node, WorkerNode(head, "b2", port_base=ports.node_bases[1], num_cpus=1,
+                                      resources={"fs_ray_node_b": 1})
         node.start()
         print("[test] node b started again", flush=True)
         assert _wait_job(client, job, 900) == "SUCCEEDED", client.get_job_logs(job)[-5000:]
@@ -130,11 +127,9 @@ def test_a_folder_one_node_cannot_see_is_refused_before_training(tmp_path):
     from fs_ray.local_cluster import client_env
 
     root = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))
-    head = LocalCluster(
-        name="ns", root=root, gcs_port=free_port(), dashboard_port=free_port(),
-        port_base=free_port_block(), num_cpus=1,
-    )
-    node = WorkerNode(head, "own-disk", port_base=free_port_block(start=head.port_base + 1000), num_cpus=1)
+    ports = reserve_ports(nodes=1)
+    head = ports.cluster(name="ns", root=root, num_cpus=1)
+    node = WorkerNode(head, "own-disk", port_base=ports.node_bases[0], num_cpus=1)
     runs = tmp_path / "runs"
     runs.mkdir()
     check = (

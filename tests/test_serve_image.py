@@ -214,6 +214,9 @@ def test_bad_images_get_a_4xx_naming_the_problem_and_the_replica_keeps_serving(s
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"], r.text
     r = post(server, "/v1/image/embed", data=b"x" * 2_000_000, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["field"] == "body", r.text
+    chunked = (b"x" * 65536 for _ in range(32))  # no Content-Length: the same bound while reading
+    r = post(server, "/v1/image/embed", data=chunked, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "more than" in r.json()["error"], r.text
     r = post(server, "/v1/text/embed", json={"text": "   "})
     assert r.status_code == 422 and r.json()["field"] == "text"
     # after all that, the replica answers
@@ -238,7 +241,7 @@ def test_web_page_classifies_an_uploaded_digit_scan_and_renders_chinese(server, 
         # this server serves images only: the page offers (and selects) image classification
         page.wait_for_function("document.getElementById('mode').value === 'image/classify'")
         offered = page.eval_on_selector_all("#mode option:not([disabled])", "os => os.map(o => o.value)")
-        labels = page.input_value("#labels")
+        labels = page.input_value("#image-labels")
         page.set_input_files("#image", str(scan))
         page.click("#go")
         page.wait_for_function("document.getElementById('result').dataset.model === 'taiyi-digits'", timeout=30_000)

@@ -22,12 +22,12 @@ import pytest
 import yaml
 
 from fs_ray.config import ConfigError, load_config
-from fs_ray.local_cluster import LocalCluster, client_env, down, up
+from fs_ray.local_cluster import client_env, down, reserve_ports, up
 from fs_ray.run_configs import FinetuneConfig, TuneConfig
 from fs_ray.tuning.sweep import SweepError, check, max_concurrent, trial_config
 from tests.task_data import _write_tasks
 
-from .conftest import REPO, free_port, free_port_block
+from .conftest import REPO
 
 SEP_SINGLE = (
     "{shape: single, path: sep_single, text_fields: [sentence], labels: [neg, pos], "
@@ -185,10 +185,7 @@ def test_sweep_asha_restore_leaderboard_plot_and_export(tmp_path):
     config = tmp_path / "tune.yaml"
     config.write_text(yaml.safe_dump(_config(tmp_path), allow_unicode=True), encoding="utf-8")
     root = Path(tempfile.mkdtemp(prefix="fsr", dir="/tmp"))  # short: Ray's unix sockets
-    cluster = LocalCluster(
-        name="tune", root=root, gcs_port=free_port(), dashboard_port=free_port(),
-        port_base=free_port_block(), num_cpus=2,
-    )  # fmt: skip
+    cluster = reserve_ports().cluster(name="tune", root=root, num_cpus=2)
     env = client_env()
     env["RAY_ADDRESS"] = f"127.0.0.1:{cluster.gcs_port}"
     cmd = [sys.executable, "tune/fewclue.py", "--config", str(config)]

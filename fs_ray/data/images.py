@@ -98,18 +98,25 @@ def expand_pair_files(paths: list[str], fmt: str, field: str = "data.pairs.paths
 # ---------------------------------------------------------------------------------------------
 # one image
 # ---------------------------------------------------------------------------------------------
-def load_image(data: bytes, size: int, max_bytes: int) -> np.ndarray:
+def load_image(data: bytes, size: int, max_bytes: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """``data`` (an encoded image) as RGB ``uint8`` ``(size, size, 3)``: shorter side resized to
-    ``size`` (bicubic), centre crop. Raises :class:`BadPair` naming why it cannot."""
+    ``size`` (bicubic), centre crop. Raises :class:`BadPair` naming why it cannot; an image of
+    more than ``max_pixels`` is refused from its header, before its pixels are decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if len(data) > max_bytes:
         raise BadPair("image_too_large", f"{len(data):,} bytes > {max_bytes:,}")
     try:
         img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
-            raise BadPair("image_too_large", f"{img.width}x{img.height} pixels")
+        if img.width * img.height > max_pixels:
+            raise BadPair("image_too_large", f"{img.width}x{img.height} pixels > {max_pixels:,}")
         img.load()
+        img = img.convert("RGB")
+        w, h = img.size
+        # the longer side truncated, as transformers' CLIP processor computes it (int(size * long / short))
+        nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     except BadPair:
         raise
     except UnidentifiedImageError:
@@ -118,14 +125,10 @@ def load_image(data: bytes, size: int, max_bytes: int) -> np.ndarray:
         raise BadPair("not_an_image", "not an image PIL can identify") from None
     except Image.DecompressionBombError as err:
         raise BadPair("image_too_large", str(err)) from None
-    except (OSError, SyntaxError, ValueError) as err:  # truncated data, broken chunks, bad headers
+    except MemoryError:
+        raise
+    except Exception as err:  # truncated data, broken chunks, bad headers: whatever a decoder raises
         raise BadPair("truncated_image", f"{type(err).__name__}: {err}") from None
-    img = img.convert("RGB")
-    w, h = img.size
-    # the longer side truncated, as transformers' CLIP processor computes it (int(size * long / short))
-    nw, nh = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
     left, top = (nw - size) // 2, (nh - size) // 2
     return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
 

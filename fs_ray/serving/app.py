@@ -437,11 +437,11 @@ class ImageTextServer:
     request (a request carries up to ``limits.max_images`` images, embedded in one forward pass):
     an image that cannot be decoded refuses its own request only."""
 
-    def __init__(self, folder: str, threads: int, max_image_bytes: int):
+    def __init__(self, folder: str, threads: int, max_image_bytes: int, max_image_pixels: int):
         from fs_ray.serving.inference import ImageText
 
         _device_setup(threads)
-        self.model = ImageText(folder, max_image_bytes=max_image_bytes)
+        self.model = ImageText(folder, max_image_bytes=max_image_bytes, max_image_pixels=max_image_pixels)
         self.calls: Counter[str] = Counter()
 
     def info(self) -> dict[str, Any]:
@@ -975,8 +975,12 @@ class Gateway:
 
     @staticmethod
     def _split(values: list[str], multiline: bool) -> list[str]:
+        """One form field split (labels on commas or lines, templates on lines); a repeated field
+        is taken as given, one value each (so a label may hold a comma)."""
         import re
 
+        if len(values) > 1:
+            return [v.strip() for v in values]
         sep = r"[\r\n]+" if multiline else r"[,，\r\n]+"
         return [x.strip() for v in values for x in re.split(sep, v) if x.strip()]
 
@@ -988,17 +992,32 @@ class Gateway:
 
         lim = self.cfg.limits
         most = lim.max_images * int(lim.max_image_mb * 2**20) * 4 // 3 + 2**20  # base64 + the rest
+        too_big = (f"at most {lim.max_images} images of {lim.max_image_mb:g} MB each "
+                   "(limits.max_images, limits.max_image_mb)")  # fmt: skip
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > most:
-            raise ServeError(
-                413, "body", f"{int(length):,} bytes; at most {lim.max_images} images of {lim.max_image_mb:g} MB "
-                "each (limits.max_images, limits.max_image_mb)"
-            )  # fmt: skip
+            raise ServeError(413, "body", f"{int(length):,} bytes; {too_big}")
+        buffer = bytearray()  # read with the same bound when no length is sent (chunked uploads)
+        async for chunk in request.stream():
+            buffer += chunk
+            if len(buffer) > most:
+                raise ServeError(413, "body", f"more than {most:,} bytes; {too_big}")
+        data = bytes(buffer)
+        del buffer
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind == "multipart/form-data":
+            from starlette.requests import Request as Buffered
+
+            async def receive() -> dict[str, Any]:
+                return {"type": "http.request", "body": data, "more_body": False}
+
             try:
-                form = await request.form(max_files=lim.max_images + 1, max_fields=2 * lim.max_labels + 8)
+                form = await Buffered(request.scope, receive).form(
+                    max_files=lim.max_images, max_fields=2 * lim.max_labels + 8
+                )
             except StarletteHTTPException as err:  # a malformed form, or past the field/file counts
+                if "Too many files" in str(err.detail):
+                    raise ServeError(413, "image", f"{err.detail} (limits.max_images)") from None
                 raise ServeError(400, "body", f"cannot read the multipart form: {err.detail}") from None
             try:
                 images = []
@@ -1008,23 +1027,22 @@ class Gateway:
                     images.append(await item.read())
                 labels = self._split([v for v in form.getlist("labels") if isinstance(v, str)], multiline=False)
                 templates = self._split([v for v in form.getlist("templates") if isinstance(v, str)], multiline=True)
-                texts = [v for v in form.getlist("text") if isinstance(v, str)]
             finally:
                 await form.close()
-            return {"images": self._image_list(images), "labels": labels, "templates": templates, "text": texts}
+            return {"images": self._image_list(images), "labels": labels, "templates": templates}
         if kind not in ("application/json", ""):
             raise ServeError(415, "content-type", f"{kind}: send application/json (base64 images) or multipart/form-data")
         try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ServeError(400, "body", f"malformed JSON: {err}") from None
+            body = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+            raise ServeError(400, "body", f"malformed JSON: {type(err).__name__}: {err}") from None
         if not isinstance(body, dict):
             raise ServeError(422, "body", "must be a JSON object")
         if "image" not in body:
             raise ServeError(422, "image", "field required")
         out: dict[str, Any] = {"images": self._image_list(self._base64_images(body["image"]))}
         for key in ("labels", "templates"):
-            value = body.get(key) or []
+            value = [] if body.get(key) is None else body[key]
             if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
                 raise ServeError(422, key, "must be a list of strings")
             out[key] = [x.strip() for x in value]
@@ -1042,6 +1060,12 @@ class Gateway:
                     raise ServeError(413, f"{key}[{i}]", f"longer than {lim.max_input_chars} characters")
         if labels and len(labels) < 2:
             raise ServeError(422, "labels", "give at least two candidate labels")
+        prompts = len(labels) * len(templates)  # (the model's own defaults, when not given, are its run's)
+        if prompts > 4 * lim.max_labels:
+            raise ServeError(
+                413, "templates", f"{len(labels)} labels x {len(templates)} templates = {prompts} prompts to embed; the "
+                f"limit is {4 * lim.max_labels} (4 x limits.max_labels)"
+            )  # fmt: skip
         if len(set(labels)) != len(labels):
             raise ServeError(422, "labels", "candidate labels must differ")
         for i, t in enumerate(templates):
@@ -1056,6 +1080,7 @@ class Gateway:
         return result
 
     async def _embed_images(self, images: list[bytes]) -> dict[str, Any]:
+        self._need(self.image_text_h, "image_text")
         vectors = await self._image_call("embed_images", self._image_list(images))
         return {"model": self.names["image_text"], "dim": len(vectors[0]), "embeddings": vectors}
 
@@ -1453,7 +1478,7 @@ def build_app(cfg: ServeConfig):
         _check_operation(folder, "image_text", "image_classify")
         names["image_text"] = model_name(folder)
         image_text = ImageTextServer.options(**_deployment_options(cfg, "ImageText")).bind(
-            folder, threads, int(cfg.limits.max_image_mb * 2**20)
+            folder, threads, int(cfg.limits.max_image_mb * 2**20), cfg.limits.max_image_pixels
         )
     gateway = Gateway.options(
         ray_actor_options={"num_cpus": cfg.replicas.gateway_cpus},

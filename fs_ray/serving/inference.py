@@ -722,7 +722,14 @@ class ImageText(_Base):
     Embeddings are L2-normalised; classification scores are CLIP's softmax over the temperature-
     scaled cosine similarities, each label's prompts (one per template) embedded and averaged."""
 
-    def __init__(self, folder: str, max_len: int | None = None, max_image_bytes: int = 8 * 2**20, model=None):
+    def __init__(
+        self,
+        folder: str,
+        max_len: int | None = None,
+        max_image_bytes: int = 8 * 2**20,
+        max_image_pixels: int = 16 * 2**20,
+        model=None,
+    ):
         from fs_ray.models import register
 
         register()
@@ -740,7 +747,9 @@ class ImageText(_Base):
         text_config = self.model.config.text_config
         self.max_len = min(self.max_len, int(text_config.max_position_embeddings))
         self.image_size = int(self.model.config.vision_config.image_size)
-        self.max_image_bytes = max_image_bytes
+        self.max_image_bytes, self.max_image_pixels = max_image_bytes, max_image_pixels
+        self._class_cache: dict[tuple, torch.Tensor] = {}  # (labels, templates) -> features, newest last
+        self._cache_lock = threading.Lock()  # a replica answers requests on several threads
         self.classes: list[str] = list(card.get("classes") or [])
         self.templates: list[str] = list(card.get("templates") or ["{}"])
         self.dim = int(self.model.config.projection_dim)
@@ -753,7 +762,7 @@ class ImageText(_Base):
         out = []
         for i, data in enumerate(images):
             try:
-                out.append(load_image(data, self.image_size, self.max_image_bytes))
+                out.append(load_image(data, self.image_size, self.max_image_bytes, self.max_image_pixels))
             except BadPair as err:
                 name = field if len(images) == 1 else f"{field}[{i}]"
                 raise InputError(name, f"{err.reason}: {err}", 413 if err.reason == "image_too_large" else 422) from None
@@ -785,10 +794,21 @@ class ImageText(_Base):
         return torch.cat(feats)
 
     def class_features(self, labels: list[str], templates: list[str]) -> torch.Tensor:
-        """Each label rendered into every template, embedded, averaged and renormalised."""
+        """Each label rendered into every template, embedded, averaged and renormalised; the last
+        few label sets are kept (a page or client asks with the same labels again and again)."""
+        key = (tuple(labels), tuple(templates))
+        with self._cache_lock:
+            if key in self._class_cache:
+                self._class_cache[key] = self._class_cache.pop(key)  # most recently used last
+                return self._class_cache[key]
         prompts = [t.replace("{}", label) for label in labels for t in templates]
         mean = self.text_features(prompts).view(len(labels), len(templates), -1).mean(1)
-        return torch.nn.functional.normalize(mean, dim=-1)
+        features = torch.nn.functional.normalize(mean, dim=-1)
+        with self._cache_lock:
+            self._class_cache[key] = features
+            while len(self._class_cache) > 16:
+                self._class_cache.pop(next(iter(self._class_cache)))
+        return features
 
     def embed_images(self, images: list[bytes]) -> list[list[float]]:
         return self.image_features(self.pixels(images)).tolist()

@@ -21,22 +21,19 @@ from fs_ray.training import checkpoint as layout
 from fs_ray.training.checkpoint import DS_TAG
 
 
-def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
+def _module_states(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     files = glob.glob(os.path.join(checkpoint_dir, DS_TAG, "mp_rank_00_model_states.pt"))
     if not files:
         raise FileNotFoundError(f"{checkpoint_dir}/{DS_TAG}/mp_rank_00_model_states.pt not found")
-    if zero_stage == 0:
-        return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    return torch.load(files[0], map_location="cpu", weights_only=False)["module"]
 
-    weights = get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
-    if zero_stage < 3:
-        # parameters without gradients (a frozen tower, e.g. Taiyi's image tower) are in no
-        # optimizer partition: ZeRO-1/2 keep them whole in the module states, unchanged since loading
-        module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
-        for key, value in module.items():
-            weights.setdefault(key, value)
-    return weights
+
+def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]:
+    if zero_stage > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(checkpoint_dir, tag=DS_TAG)
+    return _module_states(checkpoint_dir)
 
 
 def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
@@ -55,6 +52,15 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and not any(k.endswith(t) for t in tied)]
+    if missing and int(state.get("zero_stage", 0)) in (1, 2):
+        # parameters without gradients (a frozen tower, e.g. Taiyi's image tower) are in no
+        # optimizer partition: ZeRO-1/2 keep them whole in the module states, never updated (in the
+        # training precision: bf16/fp16 runs hold them rounded to it)
+        module = {k.removeprefix("model."): v.float() for k, v in _module_states(checkpoint_dir).items()}
+        found = {k: module[k] for k in missing if k in module}
+        if found:
+            model.load_state_dict(found, strict=False)
+            missing = [k for k in missing if k not in found]
     if missing or unexpected:
         raise RuntimeError(
             f"checkpoint does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -83,12 +89,13 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
         state["special_ids"],
         {n: os.path.join(originals, n) for n in os.listdir(originals)} if os.path.isdir(originals) else {},
     )
-    if "image_text" in state:  # Taiyi: CLIP's preprocessing and the run's caption length and classes
+    if hasattr(model.config, "vision_config"):  # Taiyi: CLIP's preprocessing, the caption length and classes
         from fs_ray.training.contrastive import write_card, write_preprocessor
 
         size = int(model.config.vision_config.image_size)
         write_preprocessor(out_dir, size)
-        write_card(out_dir, image_size=size, **state["image_text"])
+        if "image_text" in state:
+            write_card(out_dir, image_size=size, **state["image_text"])
     card = layout.read_task_card(checkpoint_dir)
     if card is not None:  # a fine-tuned model: what serving and evaluation need to encode as training did
         with open(os.path.join(out_dir, layout.TASK_FILE), "w", encoding="utf-8") as f:

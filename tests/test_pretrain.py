@@ -287,6 +287,42 @@ def test_restarted_driver_resumes_and_export_reproduces_the_logits(corpora, tmp_
     with torch.no_grad():
         logits = model(**probe["inputs"]).logits
     torch.testing.assert_close(logits, probe["logits"], rtol=0, atol=1e-5)
+    if zero == 3:  # ZeRO-3's shards merged: the longest export
+        _export_killed_mid_write_leaves_nothing_finished_and_a_rerun_completes(
+            tmp_path / "runs" / "zero3", tmp_path / "killed-export", probe
+        )
+
+
+def _export_killed_mid_write_leaves_nothing_finished_and_a_rerun_completes(run_dir, out, probe):
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from transformers import AutoModelForMaskedLM
+
+    from fs_ray.training.export import PARTIAL
+
+    command = [sys.executable, "jobs/export.py", str(run_dir), str(out)]
+    for _ in range(5):
+        proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        partial = f"{out}{PARTIAL}{proc.pid}"
+        while proc.poll() is None and not os.path.isdir(partial):
+            time.sleep(0.001)
+        proc.send_signal(signal.SIGKILL)  # the moment it starts writing
+        killed = proc.wait() == -signal.SIGKILL
+        if killed:
+            break
+    assert killed, "the export finished before it could be killed, 5 times"
+    assert not out.exists(), "a killed export left a folder under the export's own name"
+    assert os.path.isdir(partial)  # what it wrote stays under its temporary name
+    rerun = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert glob.glob(glob.escape(str(out)) + PARTIAL + "*") == []  # the killed one's leftovers cleared
+    model = AutoModelForMaskedLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(**probe["inputs"]).logits, probe["logits"], rtol=0, atol=1e-5)
 
 
 def test_continue_pretraining_from_an_exported_folder(corpora, tmp_path):

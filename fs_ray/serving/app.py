@@ -42,6 +42,7 @@ from fs_ray.run_configs import ServeBatching, ServeConfig
 from fs_ray.serving.inference import MASK, generation_kind, read_config
 from fs_ray.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from fs_ray.training.checkpoint import read_task_card
+from fs_ray.training.export import PARTIAL
 
 GRPC_SERVICER = "fs_ray.protos.fs_ray_serve_pb2_grpc.add_FsRayServicer_to_server"
 MODEL_ID_HEADER = "serve_multiplexed_model_id"
@@ -101,7 +102,8 @@ def discover_task_models(path: str) -> dict[str, dict[str, Any]]:
     else:
         for root, dirs, files in os.walk(path):
             # only exports are models: a checkpoint (Ray Train's run folders) never is
-            dirs[:] = sorted(d for d in dirs if not d.startswith(CHECKPOINT_PREFIX))
+            # (nor is an export still being written, or left by a killed export: <export>.partial-<pid>)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(CHECKPOINT_PREFIX) and PARTIAL not in d)
             if root[len(path) :].count(os.sep) > 5:
                 dirs[:] = []
                 continue

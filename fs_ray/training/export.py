@@ -36,8 +36,37 @@ def _state_dict(checkpoint_dir: str, zero_stage: int) -> dict[str, torch.Tensor]
     return _module_states(checkpoint_dir)
 
 
+PARTIAL = ".partial-"  # an export being written: <out_dir>.partial-<pid>
+
+
 def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
-    """Write ``out_dir`` as a Hugging Face folder from an fs_ray checkpoint folder; return it."""
+    """Write ``out_dir`` as a Hugging Face folder from an fs_ray checkpoint folder; return it.
+
+    The folder is written under a temporary name beside ``out_dir`` and renamed into place only
+    once complete, so a process killed mid-export leaves no folder that looks like a finished
+    export (a rerun writes it again, clearing what the killed one left); an earlier export at
+    ``out_dir`` is replaced only by a complete one."""
+    target = os.path.normpath(out_dir)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    for stale in glob.glob(glob.escape(target) + PARTIAL + "*"):  # left by a killed export
+        shutil.rmtree(stale, ignore_errors=True)
+    partial = f"{target}{PARTIAL}{os.getpid()}"
+    try:
+        _write(checkpoint_dir, partial)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if os.path.isdir(target):  # a re-export: the old folder goes only once the new one is whole
+        old = f"{target}{PARTIAL}old-{os.getpid()}"
+        os.replace(target, old)
+        os.replace(partial, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(partial, target)
+    return out_dir
+
+
+def _write(checkpoint_dir: str, out_dir: str) -> None:
     from transformers import AutoConfig
 
     from fs_ray.families import get_family
@@ -110,7 +139,6 @@ def export_checkpoint(checkpoint_dir: str, out_dir: str) -> str:
             f,
             indent=2,
         )
-    return out_dir
 
 
 def save_tokenizer(out_dir: str, tokenizer_json: str, special: dict, originals: dict[str, str]) -> None:

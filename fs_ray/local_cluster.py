@@ -109,14 +109,7 @@ def ephemeral_ports() -> range:
 
 
 def _bindable(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        try:
-            s.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
+    return not _port_in_use(port)
 
 
 @dataclass(frozen=True)

@@ -1357,13 +1357,17 @@ class Gateway:
             grpc_context.set_details(str(err))
             raise
 
+    @staticmethod
+    def _embed_reply(out: dict[str, Any]) -> dict[str, Any]:
+        from fs_ray.protos import fs_ray_serve_pb2 as pb
+
+        return {"model": out["model"], "dim": out["dim"], "embeddings": [pb.Embedding(values=v) for v in out["embeddings"]]}
+
     async def ImageEmbed(self, request, grpc_context):
         from fs_ray.protos import fs_ray_serve_pb2 as pb
 
         async def call(_mid):
-            out = await self._embed_images(list(request.images))
-            return {"model": out["model"], "dim": out["dim"],
-                    "embeddings": [pb.Embedding(values=v) for v in out["embeddings"]]}  # fmt: skip
+            return self._embed_reply(await self._embed_images(list(request.images)))
 
         return await self._grpc(grpc_context, pb.EmbedReply, call)
 
@@ -1371,9 +1375,7 @@ class Gateway:
         from fs_ray.protos import fs_ray_serve_pb2 as pb
 
         async def call(_mid):
-            out = await self._embed_texts(list(request.texts))
-            return {"model": out["model"], "dim": out["dim"],
-                    "embeddings": [pb.Embedding(values=v) for v in out["embeddings"]]}  # fmt: skip
+            return self._embed_reply(await self._embed_texts(list(request.texts)))
 
         return await self._grpc(grpc_context, pb.EmbedReply, call)
 

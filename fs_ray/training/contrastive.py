@@ -454,16 +454,14 @@ def export_released_pair(text_folder: str, clip_folder: str, out: str, max_text_
     tokenizer, CLIP's preprocessing, the card): what ``models.image_text``, ``AutoModel`` and
     ``model.from_pretrained`` take. ``max_text_len``: caption tokens (default: the text tower's
     position count, at most 512)."""
-    import shutil
-
-    from fs_ray.data.tokenization import load_tokenizer
     from fs_ray.models.taiyi import from_released
+    from fs_ray.training.export import save_tokenizer
 
     pair = from_released(text_folder, clip_folder)
     pair.save_pretrained(out)
-    load_tokenizer(text_folder).save(os.path.join(out, "tokenizer.json"))
-    if os.path.isfile(os.path.join(text_folder, "vocab.txt")):
-        shutil.copy(os.path.join(text_folder, "vocab.txt"), os.path.join(out, "vocab.txt"))
+    tokenizer_json, originals = tokenizer_files(text_folder)  # as a training run's export keeps them
+    paths = {name: os.path.join(text_folder, name) for name in originals}
+    save_tokenizer(out, tokenizer_json, special_ids(tokenizer_json), paths)
     image_size = int(pair.config.vision_config.image_size)
     write_preprocessor(out, image_size)
     length = max_text_len or min(512, int(pair.config.text_config.max_position_embeddings))

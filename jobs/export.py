@@ -1,7 +1,7 @@
 """Export an fs_ray checkpoint (any ZeRO stage) as a plain Hugging Face folder.
 
     python jobs/export.py runs/erlangshen-tiny/checkpoint_step00000060 runs/erlangshen-tiny/export
-    python jobs/export.py runs/erlangshen-tiny            # latest checkpoint of a run -> <run>/export
+    python jobs/export.py runs/erlangshen-tiny            # newest complete checkpoint -> <run>/export
     python jobs/export.py --taiyi <released text folder> <openai CLIP folder> models/taiyi-102m
 
 The folder holds config.json, model.safetensors and the tokenizer, and loads with
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "checkpoint", help="A checkpoint_step* folder, or a run folder (its latest checkpoint)."
+        "checkpoint", help="A checkpoint_step* folder, or a run folder (its newest complete checkpoint; incomplete ones are skipped and named)."
     )
     parser.add_argument("out", nargs="?", help="Output folder (default: <run folder>/export).")
     parser.add_argument(
@@ -53,16 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = args.checkpoint.rstrip("/")
     run = ckpt
     if not layout.is_checkpoint(ckpt):
-        found = layout.latest(ckpt)
+        found = layout.latest(ckpt, log=lambda line: print(f"note: {line}", file=sys.stderr))
         if not found:
-            print(
-                f"error: {ckpt} is neither a checkpoint nor a run folder with checkpoint_step* inside",
-                file=sys.stderr,
-            )
+            what = "no complete checkpoint" if layout.checkpoint_names(ckpt) else "no checkpoint_step* inside"
+            print(f"error: {ckpt} is neither a checkpoint nor a run folder with a checkpoint ({what})", file=sys.stderr)
             return 2
         ckpt = found
     else:
         run = os.path.dirname(ckpt)
+        problems = layout.problems(ckpt)
+        if problems:
+            listed = "\n  ".join(problems)
+            print(f"error: checkpoint {ckpt} is incomplete, not exported:\n  {listed}", file=sys.stderr)
+            return 2
     out = args.out or os.path.join(run, "export")
     try:
         export_checkpoint(ckpt, out)

@@ -41,9 +41,21 @@ def probe_logits(model, probe: dict[str, torch.Tensor], zero_stage: int) -> torc
     return logits
 
 
-def save_checkpoint(engine, model, work, rank: int, step: int, state: dict, metrics: dict, probe=None) -> None:
-    """Every rank saves its DeepSpeed shards; rank 0 adds what export needs; one report registers it."""
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (no space, no permission), or none that a resume needs is
+    complete. The message names the path and what is wrong."""
+
+
+def save_checkpoint(
+    engine, model, work, rank: int, step: int, state: dict, metrics: dict, probe=None, name: str | None = None
+) -> None:
+    """Every rank saves its DeepSpeed shards; rank 0 adds what export needs; every rank lists what
+    it wrote; one report registers it (Ray Train registers a checkpoint once every rank's upload
+    has finished)."""
     import ray.train
+
+    world = ray.train.get_context().get_world_size()
+    name = name or layout.dir_name(step)
 
     tmp = tempfile.mkdtemp(prefix="fs_ray_ckpt_")
     try:
@@ -55,13 +67,13 @@ def save_checkpoint(engine, model, work, rank: int, step: int, state: dict, metr
             if rank == 0:
                 torch.save({"inputs": probe, "logits": logits}, os.path.join(tmp, layout.PROBE_FILE))
         if rank == 0:
-            meta = {**client, **work.checkpoint_meta(), "zero_stage": work.deepspeed.zero_stage}
+            meta = {**client, **work.checkpoint_meta(), "zero_stage": work.deepspeed.zero_stage, "world_size": world}
             meta.pop("history", None)
             with open(os.path.join(tmp, layout.STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(meta, f, indent=2, ensure_ascii=False)
             model.config.to_json_file(os.path.join(tmp, layout.HF_CONFIG_FILE))
-            for name, content in work.checkpoint_files().items():
-                path = os.path.join(tmp, name)
+            for file_name, content in work.checkpoint_files().items():
+                path = os.path.join(tmp, file_name)
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 if isinstance(content, bytes):
                     with open(path, "wb") as f:
@@ -69,13 +81,76 @@ def save_checkpoint(engine, model, work, rank: int, step: int, state: dict, metr
                 else:
                     with open(path, "w", encoding="utf-8") as f:
                         f.write(content)
-        ray.train.report(
-            {"step": step, **metrics},
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=layout.dir_name(step),
-        )
+        layout.write_file_list(tmp, rank, world, step)
+        try:
+            ray.train.report(
+                {"step": step, **metrics},
+                checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                checkpoint_dir_name=name,
+            )
+        except OSError as err:  # the upload into the run folder: a full disk, a lost mount, ...
+            raise CheckpointError(_write_failure(err, step, _destination(name), tmp, work)) from None
+    except OSError as err:  # the local staging folder
+        raise CheckpointError(_write_failure(err, step, name, tmp, work, staging=True)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _destination(name: str) -> str:
+    """Where Ray Train uploads checkpoint ``name`` (the name alone if Ray will not say)."""
+    import ray.train
+
+    try:
+        return str(ray.train.get_context().get_storage().build_checkpoint_path_from_name(name))
+    except Exception:  # only the message depends on it
+        return name
+
+
+def _write_failure(err: OSError, step: int, name: str, tmp: str, work, staging: bool = False) -> str:
+    """What a failed checkpoint write says: where, why, how much it needed and how much was free."""
+    import errno
+
+    where = getattr(err, "filename", None) or (tmp if staging else name)
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(tmp) for f in fs) if os.path.isdir(tmp) else 0
+    free = ""
+    try:
+        probe = where if os.path.exists(where) else os.path.dirname(where) or "."
+        free = f", {shutil.disk_usage(probe).free / 2**20:,.1f} MiB free there"
+    except OSError:
+        pass
+    reason = "no space left on device" if err.errno == errno.ENOSPC else (err.strerror or str(err))
+    return (
+        f"[{work.label}] checkpoint at step {step} ({name}) could not be written: {reason}: {where} "
+        f"(this rank's part is {size / 2**20:,.1f} MiB{free}). The previous checkpoint is kept; "
+        "free space (or set run.storage_path elsewhere) and rerun the same command to resume from it."
+    )
+
+
+def resume_checkpoint(checkpoint, label: str, rank: int):
+    """(the checkpoint to resume from, folder names the run already has): Ray Train's latest, or,
+    when that one is incomplete, the newest complete one before it. Every rank reaches the same
+    answer from the same files; rank 0 says which checkpoints were skipped and why."""
+    import posixpath
+
+    import ray.train
+
+    fs = checkpoint.filesystem
+    parent, name = posixpath.split(checkpoint.path.rstrip("/"))
+    taken = layout.checkpoint_names(parent, fs)
+    found, skipped = layout.newest_complete(parent, at_or_before=name, fs=fs)
+    if skipped and rank == 0:
+        print(
+            f"[{label}] not resuming from incomplete checkpoint(s):\n{layout.describe(skipped)}\n"
+            f"[{label}] resuming from {found or 'nothing'} instead",
+            flush=True,
+        )
+    if found is None:
+        raise CheckpointError(
+            f"[{label}] no complete checkpoint to resume from in {parent}:\n{layout.describe(skipped)}"
+        )
+    if found != name:
+        checkpoint = ray.train.Checkpoint(path=posixpath.join(parent, found), filesystem=fs)
+    return checkpoint, taken
 
 
 class Progress:
@@ -195,8 +270,10 @@ def train_loop(config: dict[str, Any]) -> Any:
     engine = make_engine(module, work.optim, work.deepspeed, world, on_gpu, max(1, work.total_steps))
 
     step, state = 0, {}
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint, names = ray.train.get_checkpoint(), layout.Names()
     if checkpoint:
+        checkpoint, taken = resume_checkpoint(checkpoint, work.label, rank)
+        names = layout.Names(taken)
         with checkpoint.as_directory() as d:
             _, state = engine.load_checkpoint(d, tag=layout.DS_TAG)
             rng = os.path.join(d, layout.RNG_FILE.format(rank=rank))
@@ -238,11 +315,11 @@ def train_loop(config: dict[str, Any]) -> Any:
             probe = None
             if step == total:
                 probe = {k: inputs[k][:2].detach() for k in work.probe_keys if k in inputs}
-            save_checkpoint(engine, model, work, rank, step, work.state(), metrics, probe)
+            save_checkpoint(engine, model, work, rank, step, work.state(), metrics, probe, names(step))
             saved_at = step
     progress.close()
     if work.final_checkpoint and saved_at != total:  # nothing trained (zero-shot) but an export is wanted
-        save_checkpoint(engine, model, work, rank, total, work.state(), work.report(total))
+        save_checkpoint(engine, model, work, rank, total, work.state(), work.report(total), name=names(total))
     return work.finish(engine, rank, world)
 
 
@@ -278,9 +355,60 @@ def fit(
             callbacks=callbacks,
         ),
     )
+    check_resume(storage_path, name, work.label, log)
     waiting = ResourceWait(work.label, bundle, scaling.num_workers, after_s=scaling.wait_warning_s, log=log)
     waiting.start()
     try:
         return trainer.fit()
+    except Exception as err:
+        cause = _checkpoint_failure(err)
+        if cause is not None:  # said plainly, not under Ray's traceback of every attempt
+            raise CheckpointError(str(cause)) from None
+        raise
     finally:
         waiting.stop()
+
+
+def check_resume(storage_path: str, name: str, label: str, log=print) -> None:
+    """Before any worker starts: if the run folder's newest checkpoints are incomplete, say which
+    and why and what the run resumes from; refuse (CheckpointError) when Ray Train would resume a
+    run none of whose checkpoints is complete."""
+    from fs_ray import storage
+
+    run_dir = storage.join(storage_path, name)
+    if not storage.is_dir(run_dir):
+        return
+    found, skipped = layout.newest_complete(run_dir)
+    if not skipped:
+        return
+    registered = layout.registered(run_dir)
+    if found is None and any(n in registered for n, _ in skipped):
+        raise CheckpointError(
+            f"[{label}] run {run_dir} has no complete checkpoint to resume from:\n{layout.describe(skipped)}\n"
+            "Start it under a new run.name, or delete the run folder to start over."
+        )
+    log(
+        f"[{label}] incomplete checkpoint(s), not resumed from:\n{layout.describe(skipped)}\n"
+        f"[{label}] the run resumes from {found or 'the start'}"
+    )
+    for name_, _ in skipped:  # never registered (an upload cut short): nothing can use them
+        if name_ not in registered:
+            storage.remove_tree(storage.join(run_dir, name_))
+            log(f"[{label}] removed {name_}: Ray Train never registered it")
+
+
+def _checkpoint_failure(err: BaseException) -> BaseException | None:
+    """The CheckpointError behind a failed ``fit()`` (Ray wraps the workers' exceptions), or None."""
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CheckpointError) or type(e).__name__ == "CheckpointError":
+            return e
+        todo.extend([e.__cause__, e.__context__, *getattr(e, "worker_failures", {}).values()])
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, BaseException):
+            todo.append(cause)
+    return None

@@ -135,7 +135,14 @@ def data_start(run_dir: str) -> Position:
     path = storage.join(run_dir, layout.POSITION_FILE)
     if not storage.exists(path):
         return Position(0)
-    return Position(int(json.loads(storage.read_text(path))["batches"]))
+    position = json.loads(storage.read_text(path))
+    latest = position.get("checkpoint") or layout.dir_name(int(position["step"]))
+    found, _ = layout.newest_complete(run_dir, at_or_before=latest)
+    if found is None or found == latest or not position["step"]:
+        return Position(int(position["batches"]))
+    # the latest is incomplete: workers resume from the newest complete one (loop.resume_checkpoint)
+    step = int(json.loads(storage.read_text(storage.join(run_dir, found, layout.STATE_FILE)))["step"])
+    return Position(int(position["batches"]) // int(position["step"]) * step)
 
 
 class StreamStart:
@@ -162,7 +169,11 @@ class DataPositionCallback:
     def after_report(self, run_context, metrics, checkpoint) -> None:
         if checkpoint is None or not metrics:
             return
-        state = {"step": int(metrics[0]["step"]), "batches": int(metrics[0]["batches"])}
+        state = {
+            "step": int(metrics[0]["step"]),
+            "batches": int(metrics[0]["batches"]),
+            "checkpoint": checkpoint.path.rstrip("/").rsplit("/", 1)[-1],
+        }
         print(f"[pretrain] checkpoint {checkpoint.path} registered at step {state['step']}", flush=True)
         storage.write_text(storage.join(self.run_dir, layout.POSITION_FILE), json.dumps(state))
 

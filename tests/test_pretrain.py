@@ -152,7 +152,11 @@ def test_killed_worker_resumes_at_the_same_step_and_data_position(corpora, tmp_p
         killer.stop()
     assert killer.killed, "no worker was killed"
     assert summary["metrics"]["step"] == 40
-    assert json.loads(position.read_text()) == {"step": 40, "batches": 40}
+    assert json.loads(position.read_text()) == {
+        "step": 40,
+        "batches": 40,
+        "checkpoint": "checkpoint_step00000040",
+    }
     assert sorted(p.name for p in run_dir.glob("checkpoint_step*")) == [
         "checkpoint_step00000036",
         "checkpoint_step00000040",
@@ -323,6 +327,125 @@ def _export_killed_mid_write_leaves_nothing_finished_and_a_rerun_completes(run_d
     model = AutoModelForMaskedLM.from_pretrained(out).eval()
     with torch.no_grad():
         torch.testing.assert_close(model(**probe["inputs"]).logits, probe["logits"], rtol=0, atol=1e-5)
+
+
+def _trace_steps(trace: Path, rank: int = 0) -> list[tuple[int, int, list[int]]]:
+    """(pid, step, sample ids) of every step a rank trained, in order."""
+    lines = (trace / f"rank{rank}.jsonl").read_text().splitlines()
+    return [(r["pid"], r["step"], r["ids"]) for r in map(json.loads, lines)]
+
+
+def test_truncated_latest_checkpoint_is_named_and_the_run_resumes_from_the_one_before(corpora, tmp_path):
+    """One shard of the latest checkpoint is truncated before a rerun: the driver names the file,
+    the workers resume from the complete checkpoint before it at its data position, export refuses
+    the broken one, and a checkpoint whose upload was cut short (never registered) is removed. The
+    rerun saves its step-4 checkpoint under a new name, so Ray Train's list never holds one folder
+    twice: a third run resumes cleanly after Ray has deleted the broken one."""
+    import subprocess
+    import sys
+
+    from fs_ray.training import checkpoint as layout
+
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    common = ["checkpoint.every_n_steps=2", "run.name=trunc"]
+    pretrain(run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=4", *common), trace_dir=str(trace))
+    run_dir = tmp_path / "runs" / "trunc"
+    (shard,) = (run_dir / "checkpoint_step00000004" / "deepspeed").glob("*rank_1_*optim_states.pt")
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:100])
+    cut_short = run_dir / "checkpoint_step00000006"  # a copy whose rank-1 upload never finished
+    subprocess.run(["cp", "-r", str(run_dir / "checkpoint_step00000002"), str(cut_short)], check=True)
+    (cut_short / layout.FILES_FILE.format(rank=1)).unlink()
+
+    export = subprocess.run(
+        [sys.executable, "jobs/export.py", str(run_dir / "checkpoint_step00000004"), str(tmp_path / "bad")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (
+        export.returncode == 2
+        and f"deepspeed/{shard.name} (rank 1) is 100 bytes, {size:,} were written" in export.stderr
+    )
+    assert not (tmp_path / "bad").exists()
+
+    lines: list[str] = []
+    summary = pretrain(
+        run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=6", *common),
+        log=lines.append,
+        trace_dir=str(trace),
+    )
+    said = "\n".join(lines)
+    assert f"checkpoint_step00000004: deepspeed/{shard.name} (rank 1) is 100 bytes" in said
+    assert "the run resumes from checkpoint_step00000002" in said
+    assert "removed checkpoint_step00000006: Ray Train never registered it" in said
+    first = [(s, ids) for pid, s, ids in _trace_steps(trace) if pid == _trace_steps(trace)[0][0]]
+    second = [(s, ids) for pid, s, ids in _trace_steps(trace) if pid != _trace_steps(trace)[0][0]]
+    assert [s for s, _ in first] == [0, 1, 2, 3] and [s for s, _ in second] == [2, 3, 4, 5]
+    assert second[:2] == first[2:]  # the same batches again: the data position came back with step 2
+    assert summary["metrics"]["step"] == 6 and summary["checkpoint"].endswith("checkpoint_step00000006")
+    assert sorted(p.name for p in run_dir.glob("checkpoint_step*")) == [
+        "checkpoint_step00000004-1",  # the redone step 4, beside (then instead of) the broken one
+        "checkpoint_step00000006",
+    ]
+    assert (
+        json.loads((run_dir / "export" / "fs_ray_export.json").read_text())["verified_max_abs_logit_diff"]
+        <= 1e-5
+    )
+
+    pretrain(run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=8", *common), trace_dir=str(trace))
+    assert [s for _, s, _ in _trace_steps(trace)][-2:] == [6, 7]
+
+
+def test_a_full_disk_while_checkpointing_names_the_path_and_a_rerun_with_space_resumes(corpora, tmp_path):
+    """The run folder is a small tmpfs: the step-2 checkpoint fits, step 4's does not. The run
+    stops with an error naming the path and the cause, the step-2 checkpoint is intact, and the
+    same command with space resumes from it."""
+    import shutil
+    import subprocess
+
+    from fs_ray.training import checkpoint as layout
+    from fs_ray.training.loop import CheckpointError
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(disk)], check=True)
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    try:
+        common = [
+            f"run.storage_path={disk}",
+            "run.name=full",
+            "checkpoint.every_n_steps=2",
+            "checkpoint.max_failures=0",
+        ]
+        pretrain(run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=2", *common), trace_dir=str(trace))
+        run_dir = disk / "full"
+        step2 = run_dir / "checkpoint_step00000002"
+        checkpoint_bytes = sum(p.stat().st_size for p in step2.rglob("*") if p.is_file())
+        room = shutil.disk_usage(disk).used + checkpoint_bytes // 2  # half a checkpoint left
+        subprocess.run(["mount", "-o", f"remount,size={room // 4096 * 4096}", str(disk)], check=True)
+
+        with pytest.raises(CheckpointError) as failed:
+            pretrain(run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=4", *common), trace_dir=str(trace))
+        message = str(failed.value)
+        assert "checkpoint at step 4" in message and "no space left on device" in message
+        assert str(run_dir / "checkpoint_step00000004") in message and "rerun the same command" in message
+        assert layout.problems(str(step2)) == []
+        assert layout.newest_complete(str(run_dir))[0] == "checkpoint_step00000002"
+
+        subprocess.run(["mount", "-o", "remount,size=256m", str(disk)], check=True)
+        summary = pretrain(
+            run_cfg(tmp_path, corpora["wwm"], "optim.max_steps=4", *common), trace_dir=str(trace)
+        )
+        assert summary["metrics"]["step"] == 4
+        pids = list(dict.fromkeys(pid for pid, _, _ in _trace_steps(trace)))
+        assert [s for pid, s, _ in _trace_steps(trace) if pid == pids[-1]] == [2, 3]  # resumed at step 2
+        assert layout.problems(summary["checkpoint"]) == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_continue_pretraining_from_an_exported_folder(corpora, tmp_path):

@@ -758,6 +758,18 @@ class ServeLimits(Section):
         "reject", description="Longer texts: reject with 413, or cut to max_input_chars."
     )
     max_items: PositiveInt = Field(64, description="Most texts in one request (more: 413).")
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a request may take end to end (HTTP 408 / gRPC DEADLINE_EXCEEDED after it): "
+        "no client waits forever on a lost replica or a stuck model.",
+    )
+    replica_retries: NonNegInt = Field(
+        2,
+        description="Times a request is sent again when the model replica serving it dies mid-request "
+        "(inference has no side effects, so a retry is safe; a stream is retried only before its first "
+        "piece). Serve routes the retry to a live replica, or waits for the replacement. Then: 503.",
+    )
     max_new_tokens: PositiveInt = Field(128, description="Upper bound on generate's max_new_tokens.")
     default_new_tokens: PositiveInt = Field(
         32,

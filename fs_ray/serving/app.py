@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -69,10 +70,13 @@ def _last_line(err: BaseException) -> str:
 
 
 def refused(err: BaseException) -> ServeError | None:
-    """The 4xx a replica's error stands for: an :class:`~fs_ray.serving.inference.InputError`
-    raised in the replica (Ray wraps it; its ``cause`` is the original), else None."""
+    """The 4xx (or 503) an error stands for: a :class:`ServeError` itself, or an
+    :class:`~fs_ray.serving.inference.InputError` raised in the replica (Ray wraps it; its
+    ``cause`` is the original), else None."""
     from fs_ray.serving.inference import InputError
 
+    if isinstance(err, ServeError):
+        return err
     cause = getattr(err, "cause", None) or err
     if isinstance(cause, InputError):
         return ServeError(cause.status, cause.field, cause.message)
@@ -683,6 +687,13 @@ async def _serve_error(_request: Request, exc: ServeError) -> JSONResponse:
     return JSONResponse(status_code=exc.status, content=exc.body(), headers=headers)
 
 
+@api.exception_handler(Exception)
+async def _internal_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Anything else is the server's fault: a 500 in the same JSON shape as every other error
+    (Serve logs the traceback)."""
+    return JSONResponse(status_code=500, content={"error": f"internal error: {_last_line(exc)}", "field": ""})
+
+
 def _page() -> str:
     return resources.files("fs_ray").joinpath("assets/serve/index.html").read_text(encoding="utf-8")
 
@@ -715,6 +726,7 @@ class Gateway:
         self.names = names
         self.default_model = self.cfg.models.default_task_model or (sorted(registry)[0] if registry else None)
         self.token = self._read_token()
+        self.replica_loss: Counter[str] = Counter()  # calls sent again / given up after a replica died
         self._forward.set_max_batch_size(self.cfg.batching.max_batch_size)
         self._forward.set_batch_wait_timeout_s(self.cfg.batching.batch_wait_timeout_s)
 
@@ -735,11 +747,14 @@ class Gateway:
             op, model_id = key
             flat = [t for i in idx for t in texts[i]]
             if op == "fill_mask":
-                result = await self.fill_mask_h.fill_mask.remote(flat, max(extras[i] for i in idx))
+                top_k = max(extras[i] for i in idx)
+                result = await self._call(op, lambda: self.fill_mask_h.fill_mask.remote(flat, top_k))
             else:
                 handle = getattr(self.tasks_h.options(multiplexed_model_id=model_id), op)
                 pairs = None if extras[idx[0]] is None else [p for i in idx for p in extras[i]]
-                result = await (handle.remote(flat, pairs) if op == "classify" else handle.remote(flat))
+                result = await self._call(
+                    f"{op} ({model_id})", lambda: handle.remote(flat, pairs) if op == "classify" else handle.remote(flat)
+                )
             pos = 0
             for i in idx:
                 part, pos = result[pos : pos + len(texts[i])], pos + len(texts[i])
@@ -747,6 +762,24 @@ class Gateway:
 
         await asyncio.gather(*(send(k, idx) for k, idx in groups.items()))
         return out
+
+    async def _call(self, what: str, make) -> Any:
+        """``await make()`` (one call to a model deployment), made again when the replica serving it
+        dies mid-request: inference has no side effects, so a retry is safe, and Serve routes it to a
+        live replica or waits for the one replacing it. After ``limits.replica_retries`` retries, a
+        503 naming the operation. An error the model raised is not retried."""
+        retries = self.cfg.limits.replica_retries
+        for attempt in range(retries + 1):
+            try:
+                return await make()
+            except (ActorDiedError, ActorUnavailableError):
+                self.replica_loss["failed" if attempt == retries else "retried"] += 1
+                if attempt == retries:
+                    raise ServeError(
+                        503, "model", f"{what}: the model replica died mid-request, {attempt + 1} time(s); "
+                        "Serve is replacing it, try again shortly"
+                    ) from None
+                await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
 
     def _read_token(self) -> str | None:
         if self.cfg.auth_token_file:
@@ -856,7 +889,7 @@ class Gateway:
             raise ServeError(422, "labels", "candidate labels must differ")
         if len(question) > self.cfg.limits.max_input_chars:
             raise ServeError(413, "question", f"longer than {self.cfg.limits.max_input_chars} characters")
-        ranked = await handle.zero_shot.remote(text, cleaned, question)
+        ranked = await self._call("zero_shot", lambda: handle.zero_shot.remote(text, cleaned, question))
         return {
             "model": self.names["fill_mask"],
             "label": ranked[0][0],
@@ -891,7 +924,7 @@ class Gateway:
             raise ServeError(422, "prompt", "a streamed request carries one prompt")
         lim = self.cfg.limits
         # unset: a fine-tuned task's max_target_len (never past the limit), else the server default
-        card_default = (await handle.defaults.remote())["max_new_tokens"]
+        card_default = (await self._call("generate", handle.defaults.remote))["max_new_tokens"]
         n = body.max_new_tokens or (min(card_default, lim.max_new_tokens) if card_default else lim.default_new_tokens)
         if n > lim.max_new_tokens:
             raise ServeError(413, "max_new_tokens", f"{n} > limits.max_new_tokens ({lim.max_new_tokens})")
@@ -911,7 +944,7 @@ class Gateway:
     async def _generate(self, body: GenerateRequest, header: str | None) -> dict[str, Any]:
         handle, model_id, prompts, n, settings = await self._generation(body, header, stream=False)
         try:
-            texts = await handle.generate.remote(prompts, n, settings)
+            texts = await self._call(f"generate ({model_id})", lambda: handle.generate.remote(prompts, n, settings))
         except Exception as err:
             raise refused(err) or err from None
         return {"model": model_id, "text": texts[0], "texts": texts}
@@ -919,7 +952,34 @@ class Gateway:
     async def _generate_stream(self, body: GenerateRequest, header: str | None):
         """(model id, async iterator of ``{"text", "tokens"}`` pieces); checks run before it starts."""
         handle, model_id, prompts, n, settings = await self._generation(body, header, stream=True)
-        return model_id, handle.options(stream=True).generate_stream.remote(prompts[0], n, settings)
+        start = lambda: handle.options(stream=True).generate_stream.remote(prompts[0], n, settings)  # noqa: E731
+        return model_id, self._stream(f"generate ({model_id})", start)
+
+    async def _stream(self, what: str, start):
+        """The pieces of ``start()`` (a streaming call), started again when the replica dies before
+        the first piece (as :meth:`_call`); once a piece is out, a lost replica ends the stream with
+        a 503. A consumer that stops early cancels the call."""
+        retries = self.cfg.limits.replica_retries
+        for attempt in range(retries + 1):
+            pieces, sent, done = start(), False, False
+            try:
+                async for piece in pieces:
+                    sent = True
+                    yield piece
+                done = True
+                return
+            except (ActorDiedError, ActorUnavailableError):
+                done = True
+                self.replica_loss["failed" if sent or attempt == retries else "retried"] += 1
+                if sent or attempt == retries:
+                    raise ServeError(
+                        503, "model", f"{what}: the model replica died mid-stream (try {attempt + 1}); "
+                        "Serve is replacing it, try again shortly"
+                    ) from None
+            finally:
+                if not done:  # the consumer stopped (a client that went away): stop the generation
+                    pieces.cancel()
+            await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
 
     async def _correct(self, text: Any, model: str | None, header: str | None) -> dict[str, Any]:
         """A fine-tuned corrector when one is named (``model`` or the multiplexing header), else the
@@ -927,7 +987,7 @@ class Gateway:
         texts = self._texts(text)
         named = model or header
         if self.corrector_h is not None and named in (None, "", self.names.get("correct")):
-            result = await self.corrector_h.correct.remote(texts)
+            result = await self._call("correct", lambda: self.corrector_h.correct.remote(texts))
             return {"model": self.names["correct"], "results": result}
         if not named:
             found = sorted(m for m, info in self.registry.items() if info["kind"] == "corrector")
@@ -1076,7 +1136,7 @@ class Gateway:
 
     async def _image_call(self, method: str, *args: Any) -> Any:
         handle = self._need(self.image_text_h, "image_text")
-        result = await getattr(handle, method).remote(*args)
+        result = await self._call(method, lambda: getattr(handle, method).remote(*args))
         if isinstance(result, dict) and "refused" in result:  # e.g. an image the replica cannot decode
             raise ServeError(*result["refused"])
         return result
@@ -1143,7 +1203,11 @@ class Gateway:
                 state[name] = await asyncio.wait_for(handle.info.remote(), timeout=5)
             except Exception as err:
                 ok, state[name] = False, f"not ready: {type(err).__name__}"
-        return JSONResponse(status_code=200 if ok else 503, content={"ready": ok, "deployments": state})
+        # this gateway replica's calls that a dying model replica cut short: sent again, or given up (503)
+        lost = {"retried": self.replica_loss["retried"], "failed": self.replica_loss["failed"]}
+        return JSONResponse(
+            status_code=200 if ok else 503, content={"ready": ok, "deployments": state, "replica_loss": lost}
+        )
 
     @api.get("/v1/models", summary="What this server serves.")
     async def models(self, request: Request) -> dict[str, Any]:
@@ -1497,12 +1561,14 @@ def start_serve(cfg: ServeConfig) -> None:
     """Start Serve's HTTP (and gRPC) proxies on the current Ray cluster."""
     from ray.serve.config import HTTPOptions, gRPCOptions
 
+    timeout = cfg.limits.request_timeout_s  # no client waits forever on a lost replica or a stuck model
     grpc = (
-        gRPCOptions(port=cfg.grpc_port, grpc_servicer_functions=[GRPC_SERVICER])
+        gRPCOptions(port=cfg.grpc_port, grpc_servicer_functions=[GRPC_SERVICER], request_timeout_s=timeout)
         if cfg.grpc_port
         else gRPCOptions(grpc_servicer_functions=[])
     )
-    serve.start(http_options=HTTPOptions(host=cfg.host, port=cfg.http_port), grpc_options=grpc)
+    http = HTTPOptions(host=cfg.host, port=cfg.http_port, request_timeout_s=timeout)
+    serve.start(http_options=http, grpc_options=grpc)
 
 
 def deploy(cfg: ServeConfig, blocking: bool = False, app=None):

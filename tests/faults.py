@@ -61,3 +61,15 @@ class WorkerKiller(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(timeout=5)
+
+
+def serve_replica_pids(app: str, deployment: str) -> list[int]:
+    """PIDs of the Serve replicas of ``deployment`` in application ``app`` (Ray titles them
+    ``ray::ServeReplica:<app>:<deployment>``), oldest first."""
+    title = f"ray::ServeReplica:{app}:{deployment}"
+    found = []
+    for p in psutil.process_iter(["pid", "cmdline", "create_time"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and cmd[0].startswith(title):
+            found.append((p.info["create_time"], p.info["pid"]))
+    return [pid for _, pid in sorted(found)]

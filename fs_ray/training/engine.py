@@ -135,6 +135,7 @@ def make_engine(
                 {"params": no_decay, "weight_decay": 0.0},
             ],
             lr=optim.lr,
+            fused=on_gpu or None,  # one kernel for every parameter on a GPU; torch's default on a CPU
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     stop = threading.Event()

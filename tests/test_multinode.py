@@ -112,7 +112,11 @@ def test_two_node_pretraining_job_survives_losing_a_node(tmp_path):
     resumed = [int(m) for m in re.findall(r"\[pretrain\] resumed from step (\d+)", logs)]
     assert resumed and all(0 < s < STEPS for s in resumed), logs[-3000:]
     # ... and finished at the planned step, with every planned batch trained once in the end
-    assert json.loads((run_dir / "data_position.json").read_text()) == {"step": STEPS, "batches": STEPS}
+    assert json.loads((run_dir / "data_position.json").read_text()) == {
+        "step": STEPS,
+        "batches": STEPS,
+        "checkpoint": f"checkpoint_step{STEPS:08d}",
+    }
     assert (run_dir / f"checkpoint_step{STEPS:08d}").is_dir()
     assert (run_dir / "export" / "model.safetensors").is_file()
 

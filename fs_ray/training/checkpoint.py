@@ -57,9 +57,9 @@ def dir_name(step: int) -> str:
 
 class Names:
     """Checkpoint folder names for a run that resumed where ``taken`` names already exist: the
-    step's own name, or ``<name>-1``, ``-2``, ... when that folder is there (a checkpoint skipped
-    as incomplete, or one Ray Train never registered). Every rank computes the same names from the
-    same listing, taken before any rank can save again."""
+    step's own name, or ``<name>-1``, ``-2``, ... when a registered checkpoint has it (one skipped
+    as incomplete: Ray Train still tracks it). Every rank computes the same names from the
+    same listing, taken before any rank can save again (:func:`taken_names`)."""
 
     def __init__(self, taken=()):
         self.taken = set(taken)
@@ -145,6 +145,16 @@ def checkpoint_names(run_folder: str, fs=None) -> list[str]:
     )
 
 
+def taken_names(run_folder: str, fs=None) -> set[str]:
+    """The checkpoint names a resumed run must not write into: those Ray Train has registered. A
+    folder it never registered is what the failure being recovered from left (an upload cut short,
+    or one finished but not yet registered): the step is redone, its name written again and its
+    files overwritten, so a finished run keeps no debris."""
+    known = registered(run_folder, fs)
+    fs, base = _fs(run_folder, fs)
+    return {n for n in checkpoint_names(base, fs) if n in known}
+
+
 def newest_complete(
     run_folder: str, at_or_before: str | None = None, fs=None
 ) -> tuple[str | None, list[tuple[str, list[str]]]]:
@@ -165,18 +175,21 @@ def newest_complete(
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train's list of registered checkpoints
 
 
-def registered(run_folder: str) -> set[str]:
-    """Names of the checkpoints Ray Train has registered for a run (from its snapshot)."""
-    from fs_ray import storage
+def registered(run_folder: str, fs=None) -> set[str]:
+    """Names of the checkpoints Ray Train has registered for a run (from its snapshot). ``fs`` as
+    in :func:`problems`."""
+    import pyarrow.fs as pafs
 
-    path = storage.join(run_folder, SNAPSHOT_FILE)
-    if not storage.exists(path):
+    fs, base = _fs(run_folder, fs)
+    path = f"{base}/{SNAPSHOT_FILE}"
+    if fs.get_file_info(path).type != pafs.FileType.File:
         return set()
-    text = storage.read_text(path)
+    with fs.open_input_stream(path) as f:
+        text = f.read().decode("utf-8", errors="replace")
     try:
         snapshot = json.loads(text)
     except ValueError:  # unreadable: every checkpoint name it mentions counts
-        return {n for n in checkpoint_names(run_folder) if f'"{n}"' in text}
+        return {n for n in checkpoint_names(base, fs) if f'"{n}"' in text}
     found, todo = set(), [snapshot]
     while todo:
         item = todo.pop()

@@ -136,7 +136,7 @@ def resume_checkpoint(checkpoint, label: str, rank: int):
 
     fs = checkpoint.filesystem
     parent, name = posixpath.split(checkpoint.path.rstrip("/"))
-    taken = layout.checkpoint_names(parent, fs)
+    taken = layout.taken_names(parent, fs)
     found, skipped = layout.newest_complete(parent, at_or_before=name, fs=fs)
     if skipped and rank == 0:
         print(

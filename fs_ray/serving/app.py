@@ -773,13 +773,16 @@ class Gateway:
             try:
                 return await make()
             except (ActorDiedError, ActorUnavailableError):
-                self.replica_loss["failed" if attempt == retries else "retried"] += 1
-                if attempt == retries:
-                    raise ServeError(
-                        503, "model", f"{what}: the model replica died mid-request, {attempt + 1} time(s); "
-                        "Serve is replacing it, try again shortly"
-                    ) from None
-                await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
+                await self._replica_lost(f"{what}: the model replica died mid-request, {attempt + 1} time(s)",
+                                         attempt, give_up=attempt == retries)  # fmt: skip
+
+    async def _replica_lost(self, what: str, attempt: int, give_up: bool) -> None:
+        """A call cut short by a dying model replica: counted (``/readyz``), then a 503 when it is
+        given up, else a short back-off before it is sent again."""
+        self.replica_loss["failed" if give_up else "retried"] += 1
+        if give_up:
+            raise ServeError(503, "model", f"{what}; Serve is replacing it, try again shortly")
+        await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
 
     def _read_token(self) -> str | None:
         if self.cfg.auth_token_file:
@@ -970,16 +973,11 @@ class Gateway:
                 return
             except (ActorDiedError, ActorUnavailableError):
                 done = True
-                self.replica_loss["failed" if sent or attempt == retries else "retried"] += 1
-                if sent or attempt == retries:
-                    raise ServeError(
-                        503, "model", f"{what}: the model replica died mid-stream (try {attempt + 1}); "
-                        "Serve is replacing it, try again shortly"
-                    ) from None
+                await self._replica_lost(f"{what}: the model replica died mid-stream (try {attempt + 1})",
+                                         attempt, give_up=sent or attempt == retries)  # fmt: skip
             finally:
                 if not done:  # the consumer stopped (a client that went away): stop the generation
                     pieces.cancel()
-            await asyncio.sleep(min(0.1 * 2**attempt, 1.0))
 
     async def _correct(self, text: Any, model: str | None, header: str | None) -> dict[str, Any]:
         """A fine-tuned corrector when one is named (``model`` or the multiplexing header), else the
